@@ -1,0 +1,214 @@
+"""Units of work that run inside Ray workers and return uncommitted store writes.
+
+Each unit has a key; the pipeline commits what a unit returns in one
+transaction, and skips units whose keys are already committed. The functions
+here are plain Python (a notebook can call them); ``TrainerActor`` and
+``cluster_task`` are the thin Ray shells the pipeline uses.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+import ray
+
+from actors.clustering import cluster_for_ks, l2_normalize
+from actors.datasets import DatasetConfig
+from actors.training import Trainer, TrainingConfig
+from storage import EmbeddingStore, PendingUnit, embedding_matrix, embeddings_table
+from storage import schema as S
+
+ROWS_PER_FRAGMENT = 8192  # activations held in memory per layer while extracting
+
+
+def run_id_for(experiment_id: str, dataset_id: str, arch: str, seed: int) -> str:
+    return f"{experiment_id}/{dataset_id}/{arch}/seed{seed}"
+
+
+def embedding_unit_key(run_id: str, epoch: int, layer: str, split: str) -> str:
+    return f"{run_id}/epoch{epoch}/{layer}/{split}"
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Everything one trainer needs: which model to train on what, and what to extract."""
+
+    experiment_id: str
+    arch: str
+    dataset: DatasetConfig
+    training: TrainingConfig
+    seed: int
+    splits: tuple[str, ...] = ("train", "test")
+    device: str = "auto"
+
+    @property
+    def run_id(self) -> str:
+        return run_id_for(self.experiment_id, self.dataset.dataset_id, self.arch, self.seed)
+
+
+class TrainerWorker:
+    """Trains one run and streams its layer outputs into the store as fragments."""
+
+    def __init__(self, store: EmbeddingStore, plan: RunPlan, threads: int | None = None):
+        self.store = store
+        self.plan = plan
+        self.trainer = Trainer(
+            plan.arch, plan.dataset, plan.training, plan.seed, device=plan.device, threads=threads
+        )
+
+    def train_to(self, epoch: int) -> int:
+        return self.trainer.train_to(epoch)
+
+    def extract(self, epoch: int, keys_to_write: set[str]) -> list[PendingUnit]:
+        """Write the (layer, split) units of ``epoch`` whose keys are in ``keys_to_write``."""
+        self.trainer.train_to(epoch)
+        plan, pending = self.plan, []
+        for split in plan.splits:
+            layers = tuple(
+                layer
+                for layer in self.trainer.probe_layers
+                if embedding_unit_key(plan.run_id, epoch, layer, split) in keys_to_write
+            )
+            if not layers:
+                continue
+            fragments: dict[str, list[PendingUnit]] = defaultdict(list)
+            subclass = self.trainer.data.subclass[split]
+            superclass = self.trainer.data.superclass(split)
+            for index, outputs in self.trainer.iter_layer_chunks(split, layers, ROWS_PER_FRAGMENT):
+                for layer, values in outputs.items():
+                    table = embeddings_table(plan.experiment_id, plan.arch, layer)
+                    rows = self._embedding_rows(epoch, split, index, subclass, superclass, values)
+                    key = embedding_unit_key(plan.run_id, epoch, layer, split)
+                    fragments[layer].append(
+                        self.store.write_fragments(table, key, rows, S.embeddings_schema(values.shape[1]))
+                    )
+            pending.extend(_combine(parts) for parts in fragments.values())
+        return pending
+
+    def finish(self) -> list[PendingUnit]:
+        """The ``runs`` row that marks this run complete."""
+        plan, trainer = self.plan, self.trainer
+        row = {
+            "run_id": plan.run_id,
+            "experiment_id": plan.experiment_id,
+            "arch": plan.arch,
+            "loss": plan.training.loss,
+            "dataset_id": plan.dataset.dataset_id,
+            "dataset": plan.dataset.name,
+            "hierarchy": plan.dataset.hierarchy,
+            "seed": plan.seed,
+            "epochs": trainer.epoch,
+            "status": "done",
+            "train_accuracy": trainer.accuracy("train"),
+            "test_accuracy": trainer.accuracy("test"),
+            "train_seconds": trainer.train_seconds,
+            "created_at": datetime.now(timezone.utc),
+        }
+        table = pa.Table.from_pylist([row], schema=S.RUNS_SCHEMA.remove(0))
+        return [self.store.write_fragments(S.RUNS, plan.run_id, table)]
+
+    def _embedding_rows(self, epoch, split, index, subclass, superclass, values) -> pa.Table:
+        n, dim = values.shape
+        plan = self.plan
+        return pa.table(
+            {
+                "experiment_id": pa.array([plan.experiment_id] * n),
+                "run_id": pa.array([plan.run_id] * n),
+                "dataset_id": pa.array([plan.dataset.dataset_id] * n),
+                "arch": pa.array([plan.arch] * n),
+                "seed": pa.array(np.full(n, plan.seed, np.int32)),
+                "epoch": pa.array(np.full(n, epoch, np.int32)),
+                "split": pa.array([split] * n),
+                "sample_index": pa.array(index.astype(np.int64)),
+                "subclass": pa.array(subclass[index].astype(np.int32)),
+                "superclass": pa.array(superclass[index].astype(np.int32)),
+                S.EMBEDDING: pa.FixedSizeListArray.from_arrays(
+                    pa.array(values.astype(np.float32, copy=False).ravel()), dim
+                ),
+            }
+        )
+
+
+def _combine(parts: list[PendingUnit]) -> PendingUnit:
+    """One unit from the fragments of several writes with the same key."""
+    fragments = [f for part in parts for f in part.fragments]
+    return replace(parts[0], fragments=fragments, n_rows=sum(p.n_rows for p in parts))
+
+
+@dataclass(frozen=True)
+class ClusterUnit:
+    """Cluster one stored layer of one run with one method, for every overclustering factor."""
+
+    experiment_id: str
+    run_id: str
+    dataset_id: str
+    arch: str
+    seed: int
+    epoch: int
+    layer: str
+    split: str
+    scope: str  # "superclass" or "all"
+    method: str
+    factors: tuple[int, ...]
+    subclasses_per_superclass: tuple[int, ...]
+    random_state: int = 0
+
+    @property
+    def unit_key(self) -> str:
+        return f"{embedding_unit_key(self.run_id, self.epoch, self.layer, self.split)}/{self.scope}/{self.method}"
+
+
+def run_cluster_unit(store: EmbeddingStore, unit: ClusterUnit) -> list[PendingUnit]:
+    """Read the unit's embeddings, cluster them (L2-normalised) and write the labels."""
+    rows = store.embeddings(
+        unit.experiment_id,
+        unit.arch,
+        unit.layer,
+        run_id=unit.run_id,
+        epoch=unit.epoch,
+        split=unit.split,
+        columns=["sample_index", "superclass", S.EMBEDDING],
+    )
+    X = l2_normalize(embedding_matrix(rows))
+    sample_index = rows.column("sample_index").to_numpy()
+    superclass = rows.column("superclass").to_numpy()
+    if unit.scope == "all":
+        groups = [("all", np.arange(len(X)), sum(unit.subclasses_per_superclass))]
+    else:
+        groups = [
+            (f"superclass={s}", np.flatnonzero(superclass == s), unit.subclasses_per_superclass[s])
+            for s in np.unique(superclass)
+        ]
+    records = []
+    for scope, members, n_sub in groups:
+        ks = {factor: n_sub * factor for factor in unit.factors}
+        labels = cluster_for_ks(X[members], unit.method, sorted(set(ks.values())), random_state=unit.random_state)
+        for factor, k in ks.items():
+            records.append(
+                {
+                    "experiment_id": unit.experiment_id,
+                    "run_id": unit.run_id,
+                    "dataset_id": unit.dataset_id,
+                    "arch": unit.arch,
+                    "seed": unit.seed,
+                    "epoch": unit.epoch,
+                    "layer": unit.layer,
+                    "split": unit.split,
+                    "scope": scope,
+                    "method": unit.method,
+                    "overclustering_factor": factor,
+                    "n_clusters": k,
+                    "sample_index": sample_index[members],
+                    "labels": labels[k],
+                }
+            )
+    table = pa.Table.from_pylist(records, schema=S.CLUSTERINGS_SCHEMA.remove(0))
+    return [store.write_fragments(S.CLUSTERINGS, unit.unit_key, table)]
+
+
+TrainerActor = ray.remote(TrainerWorker)
+cluster_task = ray.remote(run_cluster_unit)

@@ -1,0 +1,326 @@
+"""Drive a spec through the stages: train + extract -> cluster -> score.
+
+Every stage lists its units of work, drops those whose keys are already
+committed, runs the rest as Ray actors/tasks, and commits each unit's writes in
+one transaction as soon as it returns. Re-running a finished spec therefore
+does nothing, and re-running after a crash finishes the job without a duplicate
+row.
+"""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import pyarrow as pa
+import ray
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from actors.models import create_model
+from actors.workers import (
+    ClusterUnit,
+    RunPlan,
+    TrainerActor,
+    cluster_task,
+    embedding_unit_key,
+)
+from jobs.spec import ExperimentSpec, SpecError, load_dataset
+from services.scoring import (
+    ConsistencyUnit,
+    LayerUnit,
+    score_clusterings,
+    score_consistency,
+    score_layer,
+)
+from storage import EmbeddingStore, embeddings_table
+from storage import schema as S
+from storage.filters import where
+
+score_clusterings_task = ray.remote(score_clusterings)
+score_layer_task = ray.remote(score_layer)
+score_consistency_task = ray.remote(score_consistency)
+
+
+@dataclass
+class StageCounts:
+    """Units committed by one pipeline call, per stage (0 everywhere on a no-op re-run)."""
+
+    committed: dict[str, int] = field(default_factory=dict)
+
+    def add(self, stage: str, n: int = 1) -> None:
+        self.committed[stage] = self.committed.get(stage, 0) + n
+
+
+def init_ray(address: str | None = None) -> None:
+    """Connect to the cluster at ``address``, or start a local Ray instance."""
+    if ray.is_initialized():
+        return
+    # Ray starts its processes with fork+exec, which is safe for Lance's runtime.
+    warnings.filterwarnings("ignore", message="lance is not fork-safe")
+    ray.init(
+        address=address,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level="ERROR",
+        configure_logging=True,
+    )
+
+
+def run_experiment(
+    spec: ExperimentSpec,
+    store: EmbeddingStore,
+    *,
+    address: str | None = None,
+    fresh: bool = False,
+    console: Console | None = None,
+) -> StageCounts:
+    """Run (or resume) every stage of ``spec`` against ``store``."""
+    console = console or Console(stderr=True)
+    counts = StageCounts()
+    register_experiment(spec, store, fresh=fresh)
+    write_samples(spec, store, counts)
+    init_ray(address)
+    columns = (
+        TextColumn("{task.description:<18}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        train_and_extract(spec, store, progress, counts)
+        cluster(spec, store, progress, counts)
+        score(spec, store, progress, counts)
+    return counts
+
+
+# -- stage 0: the experiment row and the samples table ---------------------------
+def register_experiment(spec: ExperimentSpec, store: EmbeddingStore, *, fresh: bool) -> None:
+    """Record the spec; refuse to mix a changed spec into an existing experiment."""
+    if fresh:
+        store.delete_experiment(spec.experiment_id)
+    rows = store.read(S.EXPERIMENTS, columns=["spec"], filter=where(experiment_id=spec.experiment_id))
+    if rows.num_rows:
+        if rows.column("spec")[0].as_py() != spec.canonical_json():
+            raise SpecError(
+                f"experiment {spec.experiment_id!r} already exists in {store.root} with a different "
+                "spec; pass --fresh to replace it or give the spec another name"
+            )
+        return
+    row = {
+        "experiment_id": spec.experiment_id,
+        "name": spec.name,
+        "spec": spec.canonical_json(),
+        "created_at": datetime.now(timezone.utc),
+    }
+    store.write_unit(
+        S.EXPERIMENTS,
+        spec.experiment_id,
+        pa.Table.from_pylist([row], schema=S.EXPERIMENTS_SCHEMA.remove(0)),
+    )
+
+
+def write_samples(spec: ExperimentSpec, store: EmbeddingStore, counts: StageCounts) -> None:
+    """One ``samples`` unit per (dataset, split): labels, names and PNG thumbnails."""
+    committed = store.committed_keys(S.SAMPLES)
+    for dataset_spec in spec.datasets:
+        data = load_dataset(dataset_spec)
+        for split in ("train", "test"):
+            key = f"{data.dataset_id}/{split}"
+            if key in committed:
+                continue
+            subclass = data.subclass[split]
+            superclass = data.superclass(split)
+            h = data.hierarchy
+            table = pa.table(
+                {
+                    "dataset_id": [data.dataset_id] * len(subclass),
+                    "dataset": [dataset_spec.name] * len(subclass),
+                    "hierarchy": [dataset_spec.hierarchy] * len(subclass),
+                    "split": [split] * len(subclass),
+                    "sample_index": pa.array(range(len(subclass)), pa.int64()),
+                    "subclass": pa.array(subclass, pa.int32()),
+                    "superclass": pa.array(superclass, pa.int32()),
+                    "subclass_name": [h.subclass_names[s] for s in subclass],
+                    "superclass_name": [h.superclass_names[s] for s in superclass],
+                    "thumbnail": pa.array(data.thumbnails(split), pa.binary()),
+                }
+            )
+            counts.add("samples", int(store.write_unit(S.SAMPLES, key, table)))
+
+
+# -- stage 1: train and extract --------------------------------------------------
+def probe_layers(arch: str) -> tuple[str, ...]:
+    """The layers extracted for ``arch`` (from the model registry)."""
+    return tuple(create_model(arch, in_channels=1, num_classes=2).probe_layers)
+
+
+def run_plans(spec: ExperimentSpec) -> list[RunPlan]:
+    """One plan per (dataset, arch, seed), in spec order."""
+    return [
+        RunPlan(
+            experiment_id=spec.experiment_id,
+            arch=arch,
+            dataset=dataset.config(),
+            training=spec.training.config(),
+            seed=seed,
+            device=spec.resources.device,
+        )
+        for dataset, arch, seed in itertools.product(spec.datasets, spec.archs, spec.seeds)
+    ]
+
+
+def train_and_extract(spec: ExperimentSpec, store: EmbeddingStore, progress: Progress, counts: StageCounts) -> None:
+    """Train every unfinished run in its own actor; commit each layer as it is extracted."""
+    done = store.committed_keys(S.RUNS)
+    plans = [p for p in run_plans(spec) if p.run_id not in done]
+    committed = {
+        arch: {
+            layer: store.committed_keys(embeddings_table(spec.experiment_id, arch, layer))
+            for layer in probe_layers(arch)
+        }
+        for arch in spec.archs
+    }
+    pending: dict[ray.ObjectRef, Callable[[], None] | None] = {}
+    threads = max(1, int(spec.resources.trainer_cpus))
+    for plan in plans:
+        actor = TrainerActor.options(
+            num_cpus=spec.resources.trainer_cpus, num_gpus=spec.resources.trainer_gpus
+        ).remote(store, plan, threads)
+        for epoch in spec.epochs_to_probe:
+            missing = {
+                embedding_unit_key(plan.run_id, epoch, layer, split)
+                for layer, keys in committed[plan.arch].items()
+                for split in plan.splits
+                if embedding_unit_key(plan.run_id, epoch, layer, split) not in keys
+            }
+            pending[actor.extract.remote(epoch, missing)] = None
+        pending[actor.finish.remote()] = _killer(actor)
+    _drain("train + extract", pending, store, progress, counts)
+
+
+def _killer(actor) -> Callable[[], None]:
+    return lambda: ray.kill(actor)  # frees its CPU for the next run
+
+
+# -- stage 2: cluster ------------------------------------------------------------
+def cluster_units(spec: ExperimentSpec) -> list[ClusterUnit]:
+    units = []
+    c = spec.clustering
+    for plan in run_plans(spec):
+        per_super = load_dataset(_dataset_spec(spec, plan)).hierarchy.subclasses_per_superclass()
+        for epoch, layer, method in itertools.product(
+            spec.epochs_to_probe, probe_layers(plan.arch), c.methods
+        ):
+            units.append(
+                ClusterUnit(
+                    experiment_id=spec.experiment_id,
+                    run_id=plan.run_id,
+                    dataset_id=plan.dataset.dataset_id,
+                    arch=plan.arch,
+                    seed=plan.seed,
+                    epoch=epoch,
+                    layer=layer,
+                    split=c.split,
+                    scope=c.scope,
+                    method=method,
+                    factors=tuple(c.overclustering_factors),
+                    subclasses_per_superclass=tuple(int(n) for n in per_super),
+                    random_state=c.random_state,
+                )
+            )
+    return units
+
+
+def cluster(spec: ExperimentSpec, store: EmbeddingStore, progress: Progress, counts: StageCounts) -> None:
+    committed = store.committed_keys(S.CLUSTERINGS)
+    task = cluster_task.options(num_cpus=spec.resources.worker_cpus)
+    pending = {
+        task.remote(store, unit): None for unit in cluster_units(spec) if unit.unit_key not in committed
+    }
+    _drain("cluster", pending, store, progress, counts)
+
+
+# -- stage 3: score --------------------------------------------------------------
+def score(spec: ExperimentSpec, store: EmbeddingStore, progress: Progress, counts: StageCounts) -> None:
+    """Scores per clustering, NCC per layer, and cross-seed ARI per pair of layers."""
+    opts = {"num_cpus": spec.resources.worker_cpus}
+    done_metrics = store.committed_keys(S.METRICS)
+    done_pairs = store.committed_keys(S.PAIRS)
+    pending = {}
+    for unit in cluster_units(spec):
+        if f"scores/{unit.unit_key}" not in done_metrics:
+            pending[score_clusterings_task.options(**opts).remote(store, unit.unit_key)] = None
+    for unit in layer_units(spec):
+        if unit.unit_key not in done_metrics:
+            pending[score_layer_task.options(**opts).remote(store, unit)] = None
+    for unit in consistency_units(spec):
+        if unit.unit_key not in done_pairs:
+            pending[score_consistency_task.options(**opts).remote(store, unit)] = None
+    _drain("score", pending, store, progress, counts)
+
+
+def layer_units(spec: ExperimentSpec) -> list[LayerUnit]:
+    return [
+        LayerUnit(spec.experiment_id, p.run_id, p.dataset.dataset_id, p.arch, p.seed, epoch, layer)
+        for p in run_plans(spec)
+        for epoch in spec.epochs_to_probe
+        for layer in probe_layers(p.arch)
+    ]
+
+
+def consistency_units(spec: ExperimentSpec) -> list[ConsistencyUnit]:
+    units = []
+    c = spec.clustering
+    for dataset, arch in itertools.product(spec.datasets, spec.archs):
+        runs = [p for p in run_plans(spec) if p.arch == arch and p.dataset == dataset.config()]
+        for a, b in itertools.combinations(runs, 2):
+            for epoch, method, factor in itertools.product(
+                spec.epochs_to_probe, c.methods, c.overclustering_factors
+            ):
+                units.append(
+                    ConsistencyUnit(
+                        spec.experiment_id,
+                        a.dataset.dataset_id,
+                        arch,
+                        epoch,
+                        c.split,
+                        method,
+                        factor,
+                        a.run_id,
+                        a.seed,
+                        b.run_id,
+                        b.seed,
+                    )
+                )
+    return units
+
+
+# -- shared machinery ------------------------------------------------------------
+def _dataset_spec(spec: ExperimentSpec, plan: RunPlan):
+    return next(d for d in spec.datasets if d.config() == plan.dataset)
+
+
+def _drain(
+    stage: str,
+    pending: dict[ray.ObjectRef, Callable[[], None] | None],
+    store: EmbeddingStore,
+    progress: Progress,
+    counts: StageCounts,
+) -> None:
+    """Commit each unit's writes as its task returns; then run its callback."""
+    task = progress.add_task(stage, total=len(pending))
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        for ref in ready:
+            for unit in ray.get(ref):
+                counts.add(stage, int(store.commit(unit)))
+            callback = pending.pop(ref)
+            if callback is not None:
+                callback()
+            progress.advance(task)
+
+

@@ -1,0 +1,33 @@
+"""Input checks shared by the metric functions."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def check_labelings(labels_true, labels_pred) -> tuple[np.ndarray, np.ndarray]:
+    """Two 1-d label arrays of equal length (any hashable dtype), as NumPy arrays."""
+    labels_true, labels_pred = np.asarray(labels_true), np.asarray(labels_pred)
+    for name, labels in (("labels_true", labels_true), ("labels_pred", labels_pred)):
+        if labels.ndim != 1:
+            raise ValueError(f"{name} should be 1-d, got shape {labels.shape}")
+        if labels.dtype.kind == "f" and not np.isfinite(labels).all():
+            raise ValueError(f"{name} contains NaN or Inf; labels must be finite")
+    if labels_true.shape[0] != labels_pred.shape[0]:
+        raise ValueError(
+            f"labels_true has {labels_true.shape[0]} samples but labels_pred has "
+            f"{labels_pred.shape[0]}; pass labelings of the same samples"
+        )
+    return labels_true, labels_pred
+
+
+def check_embeddings(X, y, name: str = "X") -> tuple[np.ndarray, np.ndarray]:
+    """A finite float (n, d) array and n labels."""
+    X, y = np.asarray(X, dtype=np.float64), np.asarray(y)
+    if X.ndim != 2:
+        raise ValueError(f"{name} should be 2-d (n_samples, n_features), got shape {X.shape}")
+    if not np.isfinite(X).all():
+        raise ValueError(f"{name} contains NaN or Inf; clean the embeddings first")
+    if y.shape != (X.shape[0],):
+        raise ValueError(f"{name} has {X.shape[0]} rows but its labels have shape {y.shape}")
+    return X, y

@@ -1,0 +1,146 @@
+"""Table names and Arrow schemas of the stratalens store.
+
+Table names are a public contract: external readers (DuckDB, Polars, pandas,
+Ray Data) open ``<root>/<table>`` with plain Lance. Every table carries a
+``unit_key`` column naming the unit of work that committed the row; a unit is
+committed at most once (see :mod:`storage.store`).
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+EXPERIMENTS = "experiments"
+RUNS = "runs"
+SAMPLES = "samples"
+CLUSTERINGS = "clusterings"
+METRICS = "metrics"
+PAIRS = "pairs"
+EMBEDDINGS_PREFIX = "embeddings"
+
+UNIT_KEY = "unit_key"
+EMBEDDING = "embedding"
+
+_TS = pa.timestamp("us", tz="UTC")
+
+
+def embeddings_table(experiment_id: str, arch: str, layer: str) -> str:
+    """Name of the table holding one layer of one architecture in one experiment."""
+    return f"{EMBEDDINGS_PREFIX}/{experiment_id}/{arch}/{layer}"
+
+
+def _schema(*fields: tuple[str, pa.DataType]) -> pa.Schema:
+    return pa.schema([pa.field(UNIT_KEY, pa.string(), nullable=False), *fields])
+
+
+EXPERIMENTS_SCHEMA = _schema(
+    ("experiment_id", pa.string()),
+    ("name", pa.string()),
+    ("spec", pa.string()),  # the validated spec as JSON
+    ("created_at", _TS),
+)
+
+RUNS_SCHEMA = _schema(
+    ("run_id", pa.string()),
+    ("experiment_id", pa.string()),
+    ("arch", pa.string()),
+    ("loss", pa.string()),
+    ("dataset_id", pa.string()),
+    ("dataset", pa.string()),
+    ("hierarchy", pa.string()),
+    ("seed", pa.int32()),
+    ("epochs", pa.int32()),
+    ("status", pa.string()),
+    ("train_accuracy", pa.float64()),  # superclass accuracy on the training split
+    ("test_accuracy", pa.float64()),  # superclass accuracy on the held-out split
+    ("train_seconds", pa.float64()),
+    ("created_at", _TS),
+)
+
+SAMPLES_SCHEMA = _schema(
+    ("dataset_id", pa.string()),
+    ("dataset", pa.string()),
+    ("hierarchy", pa.string()),
+    ("split", pa.string()),
+    ("sample_index", pa.int64()),
+    ("subclass", pa.int32()),
+    ("superclass", pa.int32()),
+    ("subclass_name", pa.string()),
+    ("superclass_name", pa.string()),
+    ("thumbnail", pa.binary()),  # PNG bytes
+)
+
+# Identifying columns shared by clusterings, metrics and embeddings.
+_RUN_KEYS = (
+    ("experiment_id", pa.string()),
+    ("run_id", pa.string()),
+    ("dataset_id", pa.string()),
+    ("arch", pa.string()),
+    ("seed", pa.int32()),
+    ("epoch", pa.int32()),
+)
+
+
+def embeddings_schema(dim: int) -> pa.Schema:
+    """Schema of an embeddings table whose vectors have ``dim`` float32 entries."""
+    return _schema(
+        *_RUN_KEYS,
+        ("split", pa.string()),
+        ("sample_index", pa.int64()),
+        ("subclass", pa.int32()),
+        ("superclass", pa.int32()),
+        (EMBEDDING, pa.list_(pa.float32(), dim)),
+    )
+
+
+CLUSTERINGS_SCHEMA = _schema(
+    *_RUN_KEYS,
+    ("layer", pa.string()),
+    ("split", pa.string()),
+    ("scope", pa.string()),  # "superclass=<id>" or "all"
+    ("method", pa.string()),
+    ("overclustering_factor", pa.int32()),
+    ("n_clusters", pa.int32()),
+    ("sample_index", pa.list_(pa.int64())),
+    ("labels", pa.list_(pa.int32())),
+)
+
+METRICS_SCHEMA = _schema(
+    *_RUN_KEYS,
+    ("layer", pa.string()),
+    ("split", pa.string()),
+    ("scope", pa.string()),
+    ("method", pa.string()),  # clustering method, or "ncc" for representation measures
+    ("overclustering_factor", pa.int32()),
+    ("n_clusters", pa.int32()),
+    ("metric", pa.string()),
+    ("value", pa.float64()),
+)
+
+PAIRS_SCHEMA = _schema(
+    ("experiment_id", pa.string()),
+    ("dataset_id", pa.string()),
+    ("arch", pa.string()),
+    ("epoch", pa.int32()),
+    ("split", pa.string()),
+    ("scope", pa.string()),
+    ("method", pa.string()),
+    ("overclustering_factor", pa.int32()),
+    ("run_a", pa.string()),
+    ("seed_a", pa.int32()),
+    ("layer_a", pa.string()),
+    ("run_b", pa.string()),
+    ("seed_b", pa.int32()),
+    ("layer_b", pa.string()),
+    ("metric", pa.string()),
+    ("value", pa.float64()),
+)
+
+FIXED_SCHEMAS: dict[str, pa.Schema] = {
+    EXPERIMENTS: EXPERIMENTS_SCHEMA,
+    RUNS: RUNS_SCHEMA,
+    SAMPLES: SAMPLES_SCHEMA,
+    CLUSTERINGS: CLUSTERINGS_SCHEMA,
+    METRICS: METRICS_SCHEMA,
+    PAIRS: PAIRS_SCHEMA,
+}

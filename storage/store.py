@@ -1,0 +1,341 @@
+"""The Lance-backed store: one root URI, one Lance dataset per table.
+
+Writes follow Lance's distributed-write protocol. A worker calls
+:meth:`EmbeddingStore.write_fragments`, which writes data files and returns a
+:class:`PendingUnit` (cheap fragment metadata, safe to send through Ray); the
+single committer calls :meth:`EmbeddingStore.commit`, which makes the whole unit
+visible in one transaction. A unit whose key is already committed is dropped,
+so re-running a worker never duplicates rows, and a worker killed before the
+commit leaves nothing visible (its orphan files are removed by ``compact``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import lance
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+from lance.fragment import FragmentMetadata, write_fragments
+
+from storage import schema as S
+from storage.filters import where
+
+COMMIT_MAX_RETRIES = 5
+COMMIT_RETRY_BACKOFF_S = 0.2
+ROWS_PER_GROUP = 1024
+
+
+class StoreError(ValueError):
+    """Bad input to the store; the store is left unchanged."""
+
+
+@dataclass(frozen=True)
+class PendingUnit:
+    """Data files of one unit of work, written but not yet visible."""
+
+    table: str
+    unit_key: str
+    schema: pa.Schema
+    fragments: list[FragmentMetadata] = field(repr=False)
+    n_rows: int
+
+
+class EmbeddingStore:
+    """A stratalens store rooted at a local path or an object-store URI.
+
+    Parameters
+    ----------
+    root : str
+        ``./stratalens-store``, ``/abs/path`` or ``s3://bucket/prefix``.
+    storage_options : dict, optional
+        Passed to Lance for object stores (endpoint, region, credentials).
+    """
+
+    def __init__(self, root: str, *, storage_options: dict[str, str] | None = None):
+        self.root = str(root).rstrip("/")
+        self.storage_options = storage_options or None
+
+    def __repr__(self) -> str:
+        return f"EmbeddingStore({self.root!r})"
+
+    # -- tables ---------------------------------------------------------------
+    def uri(self, table: str) -> str:
+        return f"{self.root}/{table}"
+
+    def dataset(self, table: str, *, version: int | str | None = None) -> lance.LanceDataset | None:
+        """The Lance dataset behind ``table``, or ``None`` when it does not exist yet."""
+        if not self._has_table_files(table):
+            return None
+        return lance.dataset(
+            self.uri(table), version=version, storage_options=self.storage_options
+        )
+
+    def exists(self, table: str) -> bool:
+        return self._has_table_files(table)
+
+    def version(self, table: str) -> int | None:
+        ds = self.dataset(table)
+        return None if ds is None else ds.version
+
+    def list_tables(self) -> list[str]:
+        """Every table under the root, fixed tables and embeddings tables alike."""
+        fs, base = self._filesystem()
+        try:
+            infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+        except FileNotFoundError:
+            return []
+        tables = []
+        for info in infos:
+            if info.type == pafs.FileType.Directory and info.base_name == "_versions":
+                tables.append(info.path[len(base) + 1 : -len("/_versions")])
+        return sorted(tables)
+
+    # -- writes ---------------------------------------------------------------
+    def write_fragments(
+        self,
+        table: str,
+        unit_key: str,
+        data: pa.Table | Iterable[pa.RecordBatch],
+        schema: pa.Schema | None = None,
+    ) -> PendingUnit:
+        """Write one unit's rows as Lance fragments without committing them.
+
+        ``data`` holds every column of the table but ``unit_key``, which is
+        filled in here. Batches are validated and written one at a time, so a
+        stream larger than memory is fine.
+        """
+        schema = self._expected_schema(table, schema)
+        batches = data.to_batches() if isinstance(data, pa.Table) else data
+        counted = _Counter()
+        reader = pa.RecordBatchReader.from_batches(
+            schema, counted.wrap(_prepare(table, unit_key, b, schema) for b in batches)
+        )
+        mode = "append" if self.exists(table) else "create"
+        try:
+            fragments = write_fragments(
+                reader,
+                self.uri(table),
+                schema=schema,
+                mode=mode,
+                max_rows_per_group=ROWS_PER_GROUP,
+                storage_options=self.storage_options,
+            )
+        except OSError:
+            # Lance wraps errors raised inside the batch stream; surface ours as is.
+            if counted.error is not None:
+                raise counted.error from None
+            raise
+        return PendingUnit(table, unit_key, schema, list(fragments), counted.rows)
+
+    def commit(self, unit: PendingUnit) -> bool:
+        """Make ``unit`` visible in one transaction; ``False`` if its key was already there."""
+        if unit.n_rows == 0:
+            raise StoreError(f"unit {unit.unit_key!r} of table {unit.table!r} has no rows to commit")
+        for attempt in range(COMMIT_MAX_RETRIES):
+            if unit.unit_key in self.committed_keys(unit.table):
+                return False
+            ds = self.dataset(unit.table)
+            try:
+                if ds is None:
+                    operation = lance.LanceOperation.Overwrite(unit.schema, unit.fragments)
+                    read_version = None
+                else:
+                    operation = lance.LanceOperation.Append(unit.fragments)
+                    read_version = ds.version
+                lance.LanceDataset.commit(
+                    self.uri(unit.table),
+                    operation,
+                    read_version=read_version,
+                    storage_options=self.storage_options,
+                    commit_message=unit.unit_key,
+                )
+                return True
+            except OSError:
+                if attempt == COMMIT_MAX_RETRIES - 1:
+                    raise
+                time.sleep(COMMIT_RETRY_BACKOFF_S * 2**attempt)
+        return False  # pragma: no cover - the loop returns or raises
+
+    def write_unit(
+        self,
+        table: str,
+        unit_key: str,
+        data: pa.Table | Iterable[pa.RecordBatch],
+        schema: pa.Schema | None = None,
+    ) -> bool:
+        """Write and commit one unit at once (for small units written by the committer)."""
+        if unit_key in self.committed_keys(table):
+            return False
+        return self.commit(self.write_fragments(table, unit_key, data, schema))
+
+    def committed_keys(self, table: str) -> set[str]:
+        """Unit keys already visible in ``table``."""
+        ds = self.dataset(table)
+        if ds is None:
+            return set()
+        column = ds.to_table(columns=[S.UNIT_KEY]).column(0)
+        return set(column.unique().to_pylist())
+
+    def delete_experiment(self, experiment_id: str) -> None:
+        """Remove every row and embeddings table of one experiment (``--fresh``)."""
+        for table in (S.EXPERIMENTS, S.RUNS, S.CLUSTERINGS, S.METRICS, S.PAIRS):
+            ds = self.dataset(table)
+            if ds is not None:
+                ds.delete(where(experiment_id=experiment_id))
+        fs, base = self._filesystem()
+        prefix = f"{base}/{S.EMBEDDINGS_PREFIX}/{experiment_id}"
+        if fs.get_file_info(prefix).type == pafs.FileType.Directory:
+            fs.delete_dir(prefix)
+
+    # -- reads ----------------------------------------------------------------
+    def read(
+        self,
+        table: str,
+        *,
+        columns: list[str] | None = None,
+        filter: str | None = None,
+        version: int | str | None = None,
+    ) -> pa.Table:
+        """Rows of ``table`` matching ``filter`` (pushed down to Lance)."""
+        ds = self.dataset(table, version=version)
+        if ds is None:
+            schema = S.FIXED_SCHEMAS.get(table)
+            if schema is None:
+                raise StoreError(f"table {table!r} does not exist in store {self.root!r}")
+            empty = schema.empty_table()
+            return empty.select(columns) if columns else empty
+        return ds.to_table(columns=columns, filter=filter)
+
+    def embeddings(
+        self,
+        experiment_id: str,
+        arch: str,
+        layer: str,
+        *,
+        columns: list[str] | None = None,
+        **conditions: Any,
+    ) -> pa.Table:
+        """Embedding rows of one layer, filtered by key columns (run_id, seed, split, ...)."""
+        table = S.embeddings_table(experiment_id, arch, layer)
+        if not self.exists(table):
+            known = sorted(
+                t.rsplit("/", 1)[-1]
+                for t in self.list_tables()
+                if t.startswith(f"{S.EMBEDDINGS_PREFIX}/{experiment_id}/{arch}/")
+            )
+            raise StoreError(
+                f"no embeddings for experiment {experiment_id!r}, arch {arch!r}, layer "
+                f"{layer!r}; stored layers are {known or 'none'}"
+            )
+        return self.read(table, columns=columns, filter=where(**conditions))
+
+    # -- internals ------------------------------------------------------------
+    def _filesystem(self) -> tuple[pafs.FileSystem, str]:
+        if "://" not in self.root:
+            import os
+
+            return pafs.LocalFileSystem(), os.path.abspath(self.root)
+        fs, path = pafs.FileSystem.from_uri(self.root)
+        return fs, path.rstrip("/")
+
+    def _has_table_files(self, table: str) -> bool:
+        fs, base = self._filesystem()
+        return fs.get_file_info(f"{base}/{table}/_versions").type == pafs.FileType.Directory
+
+    def _expected_schema(self, table: str, schema: pa.Schema | None) -> pa.Schema:
+        ds = self.dataset(table)
+        if ds is not None:
+            existing = ds.schema
+            if schema is not None and not schema.equals(existing):
+                raise StoreError(_schema_mismatch(table, existing, schema))
+            return existing
+        if schema is not None:
+            return schema
+        if table in S.FIXED_SCHEMAS:
+            return S.FIXED_SCHEMAS[table]
+        raise StoreError(f"table {table!r} is new, so write_fragments needs its schema")
+
+
+def embedding_matrix(rows: pa.Table, column: str = S.EMBEDDING) -> np.ndarray:
+    """The ``fixed_size_list<float32>[d]`` column of ``rows`` as a float32 array (n, d)."""
+    array = rows.column(column).combine_chunks()
+    dim = array.type.list_size
+    return array.values.to_numpy(zero_copy_only=False).reshape(-1, dim)
+
+
+def _schema_mismatch(table: str, expected: pa.Schema, got: pa.Schema) -> str:
+    for f in expected:
+        if f.name not in got.names:
+            return f"data for table {table!r} lacks column {f.name!r}; add it before writing"
+        if not got.field(f.name).type.equals(f.type):
+            return (
+                f"column {f.name!r} of table {table!r} is {got.field(f.name).type}, but the "
+                f"table stores {f.type}; convert the data to match"
+            )
+    return f"data for table {table!r} has columns {got.names}, expected {expected.names}"
+
+
+def _prepare(table: str, unit_key: str, batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """Validate one batch against ``schema`` and add its ``unit_key`` column."""
+    columns = []
+    for f in schema:
+        if f.name == S.UNIT_KEY:
+            columns.append(pa.array([unit_key] * batch.num_rows, pa.string()))
+            continue
+        if f.name not in batch.schema.names:
+            raise StoreError(f"data for table {table!r} lacks column {f.name!r}; add it before writing")
+        column = batch.column(f.name)
+        if pa.types.is_fixed_size_list(f.type):
+            column = _check_vectors(table, f, column)
+        elif not column.type.equals(f.type):
+            try:
+                column = column.cast(f.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise StoreError(
+                    f"column {f.name!r} of table {table!r} is {column.type}, which does not "
+                    f"convert to {f.type}; fix the data type"
+                ) from exc
+        columns.append(column)
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+def _check_vectors(table: str, f: pa.Field, column: pa.Array) -> pa.Array:
+    if not pa.types.is_fixed_size_list(column.type):
+        raise StoreError(f"column {f.name!r} of table {table!r} must be a fixed-size list of floats")
+    if column.type.list_size != f.type.list_size:
+        raise StoreError(
+            f"embedding dimension {column.type.list_size} does not match table {table!r}, "
+            f"which stores dimension {f.type.list_size}; write it to the right layer's table"
+        )
+    values = column.values.to_numpy(zero_copy_only=False)
+    if not np.isfinite(values).all():
+        bad = int((~np.isfinite(values.reshape(len(column), -1))).any(axis=1).sum())
+        raise StoreError(
+            f"{bad} embedding(s) for table {table!r} contain NaN or Inf; "
+            "fix the model or input before writing"
+        )
+    if not column.type.value_type.equals(f.type.value_type):
+        column = column.cast(f.type)
+    return column
+
+
+class _Counter:
+    """Counts the rows that pass through a batch iterator and keeps its StoreError."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.error: StoreError | None = None
+
+    def wrap(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        try:
+            for batch in batches:
+                self.rows += batch.num_rows
+                yield batch
+        except StoreError as exc:
+            self.error = exc
+            raise
