@@ -1,0 +1,179 @@
+"""The ``stratalens`` command line (typer + rich)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from storage import DEFAULT_STORE, EmbeddingStore, StoreError, embedding_matrix
+from storage import schema as S
+from storage.filters import where
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="stratalens: probe the clusters that live inside a network's layers.",
+)
+console = Console()
+err_console = Console(stderr=True)
+
+STORE_OPTION = typer.Option(DEFAULT_STORE, "--store", help="store root: a local path or s3://bucket/prefix")
+
+
+def _fail(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code=2)
+
+
+def _open_existing(store: str) -> EmbeddingStore:
+    opened = EmbeddingStore(store)
+    if "://" not in store and not Path(store).exists():
+        _fail(f"store {store!r} does not exist; run `stratalens run SPEC` first or pass --store")
+    return opened
+
+
+@app.command()
+def run(
+    spec_path: Path = typer.Argument(..., help="experiment spec (YAML)"),
+    store: str = STORE_OPTION,
+    address: str = typer.Option(None, "--address", help="Ray cluster address; default: start a local Ray"),
+    fresh: bool = typer.Option(False, "--fresh", help="delete this experiment's rows first and start over"),
+) -> None:
+    """Train, extract, cluster and score everything the spec asks for (resumable)."""
+    from jobs.pipeline import run_experiment
+    from jobs.spec import ExperimentSpec, SpecError
+
+    try:
+        spec = ExperimentSpec.from_yaml(spec_path)
+        start = time.perf_counter()
+        counts = run_experiment(spec, EmbeddingStore(store), address=address, fresh=fresh, console=err_console)
+    except (SpecError, StoreError) as exc:
+        _fail(str(exc))
+    elapsed = time.perf_counter() - start
+    done = ", ".join(f"{n} {stage}" for stage, n in counts.committed.items()) or "nothing new (all committed)"
+    err_console.print(f"committed {done} in {elapsed:.1f} s")
+    _print_profile(EmbeddingStore(store), spec.experiment_id, spec.clustering.methods[0])
+    console.print(f"next: stratalens report {spec.experiment_id} --store {store} --out stratalens-report")
+
+
+@app.command("ls")
+def list_experiments(store: str = STORE_OPTION) -> None:
+    """List the experiments in a store."""
+    opened = _open_existing(store)
+    experiments = opened.read(S.EXPERIMENTS, columns=["experiment_id", "created_at"]).to_pylist()
+    runs = opened.read(S.RUNS, columns=["experiment_id"]).column(0).to_pylist()
+    table = Table("experiment", "created", "finished runs")
+    for row in experiments:
+        table.add_row(row["experiment_id"], f"{row['created_at']:%Y-%m-%d %H:%M}", str(runs.count(row["experiment_id"])))
+    console.print(table)
+
+
+@app.command()
+def show(
+    experiment: str = typer.Argument(..., help="experiment id (its spec's name)"),
+    store: str = STORE_OPTION,
+    method: str = typer.Option("ward", help="clustering method whose scores to show"),
+) -> None:
+    """Show an experiment's runs and its per-layer scores."""
+    from services.report import runs_frame
+
+    opened = _open_existing(store)
+    try:
+        runs = runs_frame(opened, experiment)
+    except StoreError as exc:
+        _fail(str(exc))
+    table = Table("dataset", "hierarchy", "arch", "seed", "train acc", "test acc", "train s", title="runs (superclass accuracy)")
+    for r in runs.itertuples():
+        table.add_row(r.dataset, r.hierarchy, r.arch, str(r.seed), f"{r.train_accuracy:.3f}", f"{r.test_accuracy:.3f}", f"{r.train_seconds:.1f}")
+    console.print(table)
+    _print_profile(opened, experiment, method)
+
+
+def _print_profile(store: EmbeddingStore, experiment: str, method: str) -> None:
+    from services.report import layer_profile
+
+    try:
+        profile = layer_profile(store, experiment, method=method)
+    except StoreError as exc:
+        _fail(str(exc))
+    factor = int(profile.overclustering_factor.iloc[0])
+    table = Table(
+        "dataset / hierarchy", "arch", "layer", "AMI", "purity", "NCC sub", "NCC super",
+        title=f"{method}, k = subclasses x {factor}, mean ± sd over seeds",
+    )
+    for r in profile.itertuples():
+        table.add_row(
+            f"{r.dataset} / {r.hierarchy}", r.arch, r.layer,
+            f"{r.ami_mean:.3f} ± {np.nan_to_num(r.ami_std):.3f}",
+            f"{r.purity_mean:.3f}", f"{r.ncc_subclass_mean:.3f}", f"{r.ncc_superclass_mean:.3f}",
+        )
+    console.print(table)
+
+
+@app.command()
+def embeddings(
+    experiment: str = typer.Argument(..., help="experiment id"),
+    arch: str = typer.Option(..., "--arch", help="model architecture, e.g. small_cnn"),
+    layer: str = typer.Option(..., "--layer", help="probed layer, e.g. fc2"),
+    out: Path = typer.Option(..., "--out", help="output file: .npy, .parquet or .arrow"),
+    seed: int = typer.Option(None, "--seed"),
+    epoch: int = typer.Option(None, "--epoch"),
+    split: str = typer.Option(None, "--split", help="train or test"),
+    superclass: int = typer.Option(None, "--superclass"),
+    dataset: str = typer.Option(None, "--dataset", help="dataset id (see `stratalens show`)"),
+    store: str = STORE_OPTION,
+) -> None:
+    """Export one layer's embeddings, filtered by key columns."""
+    import pyarrow.feather as feather
+    import pyarrow.parquet as pq
+
+    suffix = out.suffix.lower()
+    if suffix not in (".npy", ".parquet", ".arrow"):
+        _fail(f"--out {str(out)!r} has suffix {suffix or 'none'!r}; use .npy, .parquet or .arrow")
+    opened = _open_existing(store)
+    try:
+        rows = opened.embeddings(
+            experiment, arch, layer,
+            seed=seed, epoch=epoch, split=split, superclass=superclass, dataset_id=dataset,
+        )
+    except StoreError as exc:
+        _fail(str(exc))
+    if rows.num_rows == 0:
+        _fail(f"no embeddings match {where(seed=seed, epoch=epoch, split=split, superclass=superclass, dataset_id=dataset)}; loosen the filters")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = rows.drop_columns([S.UNIT_KEY])
+    if suffix == ".npy":
+        np.save(out, embedding_matrix(rows))
+    elif suffix == ".parquet":
+        pq.write_table(rows, out)
+    else:
+        feather.write_feather(rows, out)
+    console.print(f"wrote {rows.num_rows} x {rows.schema.field(S.EMBEDDING).type.list_size} to {out}")
+
+
+@app.command()
+def report(
+    experiment: str = typer.Argument(..., help="experiment id"),
+    out: Path = typer.Option(Path("stratalens-report"), "--out", help="output folder"),
+    store: str = STORE_OPTION,
+) -> None:
+    """Write an HTML report with AMI/purity-vs-layer plots and cross-seed ARI heatmaps."""
+    from services.report import write_report
+
+    try:
+        page = write_report(_open_existing(store), experiment, out)
+    except StoreError as exc:
+        _fail(str(exc))
+    console.print(f"report: {page}")
+
+
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())
