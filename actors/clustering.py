@@ -92,7 +92,9 @@ class AgglomerativeClustering:
             raise ValueError(f"unknown linkage {self.linkage!r}; choose one of {list(LINKAGES)}")
         backend = select_backend(self.backend, method=self.linkage)
         if backend != "scipy":
-            raise ValueError(f"backend {backend!r} does not run {self.linkage!r} linkage; use 'scipy'")
+            raise ValueError(
+                f"backend {backend!r} does not run {self.linkage!r} linkage; use 'scipy'"
+            )
         X = _check_input(X, self.n_clusters)
         from scipy.cluster.hierarchy import linkage
 
@@ -120,7 +122,9 @@ class KMeans:
         Restarts; the run with the lowest inertia wins.
     """
 
-    def __init__(self, n_clusters: int = 8, *, backend: str = "auto", random_state: int = 0, n_init: int = 4):
+    def __init__(
+        self, n_clusters: int = 8, *, backend: str = "auto", random_state: int = 0, n_init: int = 4
+    ):
         self.n_clusters = n_clusters
         self.backend = backend
         self.random_state = random_state
@@ -143,7 +147,9 @@ class KMeans:
         return self.fit(X).labels_
 
 
-def cluster_for_ks(X, method: str, ks: list[int], *, random_state: int = 0) -> dict[int, np.ndarray]:
+def cluster_for_ks(
+    X, method: str, ks: list[int], *, random_state: int = 0
+) -> dict[int, np.ndarray]:
     """Labels of ``X`` for every k in ``ks``: one dendrogram cut per k, or one k-means fit per k."""
     if method not in METHODS:
         raise ValueError(f"unknown clustering method {method!r}; choose one of {list(METHODS)}")

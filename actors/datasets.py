@@ -147,9 +147,7 @@ def list_datasets() -> dict[str, tuple[str, ...]]:
 def build_dataset(config: DatasetConfig) -> HierarchicalDataset:
     """Build the dataset ``config`` names (deterministic)."""
     if config.name not in _BUILDERS:
-        raise ValueError(
-            f"unknown dataset {config.name!r}; choose one of {sorted(_BUILDERS)}"
-        )
+        raise ValueError(f"unknown dataset {config.name!r}; choose one of {sorted(_BUILDERS)}")
     if config.hierarchy not in _HIERARCHIES[config.name]:
         raise ValueError(
             f"dataset {config.name!r} has no hierarchy {config.hierarchy!r}; "
@@ -240,7 +238,10 @@ def build_shapes(config: DatasetConfig) -> HierarchicalDataset:
 
 def _draw_shape(subclass: int, size: int, rng: np.random.RandomState) -> np.ndarray:
     """One image (3, size, size): a shape family filled in one style, randomly placed."""
-    family, style = SHAPE_FAMILIES[subclass // len(FILL_STYLES)], FILL_STYLES[subclass % len(FILL_STYLES)]
+    family, style = (
+        SHAPE_FAMILIES[subclass // len(FILL_STYLES)],
+        FILL_STYLES[subclass % len(FILL_STYLES)],
+    )
     radius = rng.uniform(0.28, 0.4) * size
     centre = size / 2 + rng.uniform(-0.12, 0.12, size=2) * size
     angle = rng.uniform(0, 2 * np.pi)
@@ -274,7 +275,10 @@ def _signed_distance(family: str, u: np.ndarray, v: np.ndarray, r: float) -> np.
         return np.maximum(np.abs(u), np.abs(v)) - 0.8 * r
     if family == "triangle":
         # equilateral triangle: the largest of three half-plane distances
-        normals = [(np.cos(a), np.sin(a)) for a in (np.pi / 2, np.pi / 2 + 2 * np.pi / 3, np.pi / 2 + 4 * np.pi / 3)]
+        normals = [
+            (np.cos(a), np.sin(a))
+            for a in (np.pi / 2, np.pi / 2 + 2 * np.pi / 3, np.pi / 2 + 4 * np.pi / 3)
+        ]
         return np.max([nx * u + ny * v for nx, ny in normals], axis=0) - 0.5 * r
     if family == "cross":
         arm_u = np.maximum(np.abs(u) - r, np.abs(v) - 0.35 * r)

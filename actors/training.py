@@ -41,7 +41,9 @@ def select_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but CUDA is not available; use 'auto' or 'cpu'")
+        raise ValueError(
+            "device 'cuda' was asked for but CUDA is not available; use 'auto' or 'cpu'"
+        )
     return torch.device(name)
 
 
@@ -165,5 +167,3 @@ class Trainer:
             scale = 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
         for group in self._optimizer.param_groups:
             group["lr"] = self.training.lr * scale
-
-

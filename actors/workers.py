@@ -84,7 +84,9 @@ class TrainerWorker:
                     rows = self._embedding_rows(epoch, split, index, subclass, superclass, values)
                     key = embedding_unit_key(plan.run_id, epoch, layer, split)
                     fragments[layer].append(
-                        self.store.write_fragments(table, key, rows, S.embeddings_schema(values.shape[1]))
+                        self.store.write_fragments(
+                            table, key, rows, S.embeddings_schema(values.shape[1])
+                        )
                     )
             pending.extend(_combine(parts) for parts in fragments.values())
         return pending
@@ -159,7 +161,8 @@ class ClusterUnit:
 
     @property
     def unit_key(self) -> str:
-        return f"{embedding_unit_key(self.run_id, self.epoch, self.layer, self.split)}/{self.scope}/{self.method}"
+        layer_key = embedding_unit_key(self.run_id, self.epoch, self.layer, self.split)
+        return f"{layer_key}/{self.scope}/{self.method}"
 
 
 def run_cluster_unit(store: EmbeddingStore, unit: ClusterUnit) -> list[PendingUnit]:
@@ -186,7 +189,9 @@ def run_cluster_unit(store: EmbeddingStore, unit: ClusterUnit) -> list[PendingUn
     records = []
     for scope, members, n_sub in groups:
         ks = {factor: n_sub * factor for factor in unit.factors}
-        labels = cluster_for_ks(X[members], unit.method, sorted(set(ks.values())), random_state=unit.random_state)
+        labels = cluster_for_ks(
+            X[members], unit.method, sorted(set(ks.values())), random_state=unit.random_state
+        )
         for factor, k in ks.items():
             records.append(
                 {

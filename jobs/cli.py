@@ -23,11 +23,13 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 
-STORE_OPTION = typer.Option(DEFAULT_STORE, "--store", help="store root: a local path or s3://bucket/prefix")
+STORE_OPTION = typer.Option(
+    DEFAULT_STORE, "--store", help="store root: a local path or s3://bucket/prefix"
+)
 
 
 def _fail(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -42,8 +44,12 @@ def _open_existing(store: str) -> EmbeddingStore:
 def run(
     spec_path: Path = typer.Argument(..., help="experiment spec (YAML)"),
     store: str = STORE_OPTION,
-    address: str = typer.Option(None, "--address", help="Ray cluster address; default: start a local Ray"),
-    fresh: bool = typer.Option(False, "--fresh", help="delete this experiment's rows first and start over"),
+    address: str = typer.Option(
+        None, "--address", help="Ray cluster address; default: start a local Ray"
+    ),
+    fresh: bool = typer.Option(
+        False, "--fresh", help="delete this experiment's rows first and start over"
+    ),
 ) -> None:
     """Train, extract, cluster and score everything the spec asks for (resumable)."""
     from jobs.pipeline import run_experiment
@@ -52,14 +58,21 @@ def run(
     try:
         spec = ExperimentSpec.from_yaml(spec_path)
         start = time.perf_counter()
-        counts = run_experiment(spec, EmbeddingStore(store), address=address, fresh=fresh, console=err_console)
+        counts = run_experiment(
+            spec, EmbeddingStore(store), address=address, fresh=fresh, console=err_console
+        )
     except (SpecError, StoreError) as exc:
         _fail(str(exc))
     elapsed = time.perf_counter() - start
-    done = ", ".join(f"{n} {stage}" for stage, n in counts.committed.items()) or "nothing new (all committed)"
+    done = (
+        ", ".join(f"{n} {stage}" for stage, n in counts.committed.items())
+        or "nothing new (all committed)"
+    )
     err_console.print(f"committed {done} in {elapsed:.1f} s")
     _print_profile(EmbeddingStore(store), spec.experiment_id, spec.clustering.methods[0])
-    console.print(f"next: stratalens report {spec.experiment_id} --store {store} --out stratalens-report")
+    console.print(
+        f"next: stratalens report {spec.experiment_id} --store {store} --out stratalens-report"
+    )
 
 
 @app.command("ls")
@@ -70,7 +83,11 @@ def list_experiments(store: str = STORE_OPTION) -> None:
     runs = opened.read(S.RUNS, columns=["experiment_id"]).column(0).to_pylist()
     table = Table("experiment", "created", "finished runs")
     for row in experiments:
-        table.add_row(row["experiment_id"], f"{row['created_at']:%Y-%m-%d %H:%M}", str(runs.count(row["experiment_id"])))
+        table.add_row(
+            row["experiment_id"],
+            f"{row['created_at']:%Y-%m-%d %H:%M}",
+            str(runs.count(row["experiment_id"])),
+        )
     console.print(table)
 
 
@@ -88,9 +105,26 @@ def show(
         runs = runs_frame(opened, experiment)
     except StoreError as exc:
         _fail(str(exc))
-    table = Table("dataset", "hierarchy", "arch", "seed", "train acc", "test acc", "train s", title="runs (superclass accuracy)")
+    table = Table(
+        "dataset",
+        "hierarchy",
+        "arch",
+        "seed",
+        "train acc",
+        "test acc",
+        "train s",
+        title="runs (superclass accuracy)",
+    )
     for r in runs.itertuples():
-        table.add_row(r.dataset, r.hierarchy, r.arch, str(r.seed), f"{r.train_accuracy:.3f}", f"{r.test_accuracy:.3f}", f"{r.train_seconds:.1f}")
+        table.add_row(
+            r.dataset,
+            r.hierarchy,
+            r.arch,
+            str(r.seed),
+            f"{r.train_accuracy:.3f}",
+            f"{r.test_accuracy:.3f}",
+            f"{r.train_seconds:.1f}",
+        )
     console.print(table)
     _print_profile(opened, experiment, method)
 
@@ -104,14 +138,24 @@ def _print_profile(store: EmbeddingStore, experiment: str, method: str) -> None:
         _fail(str(exc))
     factor = int(profile.overclustering_factor.iloc[0])
     table = Table(
-        "dataset / hierarchy", "arch", "layer", "AMI", "purity", "NCC sub", "NCC super",
+        "dataset / hierarchy",
+        "arch",
+        "layer",
+        "AMI",
+        "purity",
+        "NCC sub",
+        "NCC super",
         title=f"{method}, k = subclasses x {factor}, mean ± sd over seeds",
     )
     for r in profile.itertuples():
         table.add_row(
-            f"{r.dataset} / {r.hierarchy}", r.arch, r.layer,
+            f"{r.dataset} / {r.hierarchy}",
+            r.arch,
+            r.layer,
             f"{r.ami_mean:.3f} ± {np.nan_to_num(r.ami_std):.3f}",
-            f"{r.purity_mean:.3f}", f"{r.ncc_subclass_mean:.3f}", f"{r.ncc_superclass_mean:.3f}",
+            f"{r.purity_mean:.3f}",
+            f"{r.ncc_subclass_mean:.3f}",
+            f"{r.ncc_superclass_mean:.3f}",
         )
     console.print(table)
 
@@ -139,13 +183,22 @@ def embeddings(
     opened = _open_existing(store)
     try:
         rows = opened.embeddings(
-            experiment, arch, layer,
-            seed=seed, epoch=epoch, split=split, superclass=superclass, dataset_id=dataset,
+            experiment,
+            arch,
+            layer,
+            seed=seed,
+            epoch=epoch,
+            split=split,
+            superclass=superclass,
+            dataset_id=dataset,
         )
     except StoreError as exc:
         _fail(str(exc))
     if rows.num_rows == 0:
-        _fail(f"no embeddings match {where(seed=seed, epoch=epoch, split=split, superclass=superclass, dataset_id=dataset)}; loosen the filters")
+        query = where(
+            seed=seed, epoch=epoch, split=split, superclass=superclass, dataset_id=dataset
+        )
+        _fail(f"no embeddings match {query}; loosen the filters")
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = rows.drop_columns([S.UNIT_KEY])
     if suffix == ".npy":
@@ -154,7 +207,9 @@ def embeddings(
         pq.write_table(rows, out)
     else:
         feather.write_feather(rows, out)
-    console.print(f"wrote {rows.num_rows} x {rows.schema.field(S.EMBEDDING).type.list_size} to {out}")
+    console.print(
+        f"wrote {rows.num_rows} x {rows.schema.field(S.EMBEDDING).type.list_size} to {out}"
+    )
 
 
 @app.command()
@@ -171,8 +226,6 @@ def report(
     except StoreError as exc:
         _fail(str(exc))
     console.print(f"report: {page}")
-
-
 
 
 if __name__ == "__main__":  # pragma: no cover

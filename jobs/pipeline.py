@@ -102,12 +102,14 @@ def register_experiment(spec: ExperimentSpec, store: EmbeddingStore, *, fresh: b
     """Record the spec; refuse to mix a changed spec into an existing experiment."""
     if fresh:
         store.delete_experiment(spec.experiment_id)
-    rows = store.read(S.EXPERIMENTS, columns=["spec"], filter=where(experiment_id=spec.experiment_id))
+    rows = store.read(
+        S.EXPERIMENTS, columns=["spec"], filter=where(experiment_id=spec.experiment_id)
+    )
     if rows.num_rows:
         if rows.column("spec")[0].as_py() != spec.canonical_json():
             raise SpecError(
-                f"experiment {spec.experiment_id!r} already exists in {store.root} with a different "
-                "spec; pass --fresh to replace it or give the spec another name"
+                f"experiment {spec.experiment_id!r} already exists in {store.root} with a "
+                "different spec; pass --fresh to replace it or give the spec another name"
             )
         return
     row = {
@@ -173,7 +175,9 @@ def run_plans(spec: ExperimentSpec) -> list[RunPlan]:
     ]
 
 
-def train_and_extract(spec: ExperimentSpec, store: EmbeddingStore, progress: Progress, counts: StageCounts) -> None:
+def train_and_extract(
+    spec: ExperimentSpec, store: EmbeddingStore, progress: Progress, counts: StageCounts
+) -> None:
     """Train every unfinished run in its own actor; commit each layer as it is extracted."""
     done = store.committed_keys(S.RUNS)
     plans = [p for p in run_plans(spec) if p.run_id not in done]
@@ -235,17 +239,23 @@ def cluster_units(spec: ExperimentSpec) -> list[ClusterUnit]:
     return units
 
 
-def cluster(spec: ExperimentSpec, store: EmbeddingStore, progress: Progress, counts: StageCounts) -> None:
+def cluster(
+    spec: ExperimentSpec, store: EmbeddingStore, progress: Progress, counts: StageCounts
+) -> None:
     committed = store.committed_keys(S.CLUSTERINGS)
     task = cluster_task.options(num_cpus=spec.resources.worker_cpus)
     pending = {
-        task.remote(store, unit): None for unit in cluster_units(spec) if unit.unit_key not in committed
+        task.remote(store, unit): None
+        for unit in cluster_units(spec)
+        if unit.unit_key not in committed
     }
     _drain("cluster", pending, store, progress, counts)
 
 
 # -- stage 3: score --------------------------------------------------------------
-def score(spec: ExperimentSpec, store: EmbeddingStore, progress: Progress, counts: StageCounts) -> None:
+def score(
+    spec: ExperimentSpec, store: EmbeddingStore, progress: Progress, counts: StageCounts
+) -> None:
     """Scores per clustering, NCC per layer, and cross-seed ARI per pair of layers."""
     opts = {"num_cpus": spec.resources.worker_cpus}
     done_metrics = store.committed_keys(S.METRICS)
@@ -322,5 +332,3 @@ def _drain(
             if callback is not None:
                 callback()
             progress.advance(task)
-
-

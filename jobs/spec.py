@@ -114,7 +114,9 @@ class ResourcesSpec(_Strict):
 class ExperimentSpec(_Strict):
     """A probing study: which models, datasets and seeds, and how to probe them."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="experiment id in the store")
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="experiment id in the store"
+    )
     datasets: list[DatasetSpec] = Field(min_length=1)
     archs: list[str] = Field(min_length=1)
     seeds: list[int] = Field(min_length=1)
@@ -178,7 +180,9 @@ class ExperimentSpec(_Strict):
     @classmethod
     def from_dict(cls, data: object, *, source: str = "spec") -> ExperimentSpec:
         if not isinstance(data, dict):
-            raise SpecError(f"{source} should be a YAML mapping of fields, got {type(data).__name__}")
+            raise SpecError(
+                f"{source} should be a YAML mapping of fields, got {type(data).__name__}"
+            )
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
@@ -218,7 +222,9 @@ def _check_cluster_sizes(dataset: DatasetSpec, clustering: ClusteringSpec) -> No
         groups = [(len(superclass), int(per_super.sum()), "the whole split")]
     else:
         sizes = np.bincount(superclass, minlength=len(per_super))
-        groups = [(int(sizes[s]), int(per_super[s]), f"superclass {s}") for s in range(len(per_super))]
+        groups = [
+            (int(sizes[s]), int(per_super[s]), f"superclass {s}") for s in range(len(per_super))
+        ]
     for n_samples, n_sub, label in groups:
         if n_sub * factor > n_samples:
             raise ValueError(

@@ -65,14 +65,21 @@ def layer_profile(
     names = runs.drop_duplicates("dataset_id").set_index("dataset_id")[["dataset", "hierarchy"]]
     summary = summary.join(names, on="dataset_id")
     summary["layer_index"] = [
-        layer_order(arch).index(layer) for arch, layer in zip(summary.arch, summary.layer, strict=True)
+        layer_order(arch).index(layer)
+        for arch, layer in zip(summary.arch, summary.layer, strict=True)
     ]
     summary["method"], summary["overclustering_factor"] = method, factor
     return summary.sort_values(["dataset_id", "arch", "layer_index"]).reset_index(drop=True)
 
 
 def consistency_matrix(
-    store: EmbeddingStore, experiment_id: str, dataset_id: str, arch: str, *, method: str, factor: int
+    store: EmbeddingStore,
+    experiment_id: str,
+    dataset_id: str,
+    arch: str,
+    *,
+    method: str,
+    factor: int,
 ) -> tuple[list[str], np.ndarray]:
     """Layer x layer ARI between seeds, averaged over superclasses and seed pairs."""
     pairs = store.read(
@@ -103,7 +110,11 @@ def write_report(store: EmbeddingStore, experiment_id: str, out_dir: str | Path)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     runs = runs_frame(store, experiment_id)
-    metrics = store.read(S.METRICS, columns=["method", "overclustering_factor"], filter=where(experiment_id=experiment_id)).to_pandas()
+    metrics = store.read(
+        S.METRICS,
+        columns=["method", "overclustering_factor"],
+        filter=where(experiment_id=experiment_id),
+    ).to_pandas()
     methods = sorted(set(metrics.method) - {"ncc"})
     sections = [f"<h1>stratalens report: {html.escape(experiment_id)}</h1>", _runs_html(runs)]
     for method in methods:
@@ -130,7 +141,7 @@ def _plot_profile(profile: pd.DataFrame, metric: str, out: Path) -> str:
     archs = sorted(profile.arch.unique())
     fig, axes = plt.subplots(1, len(archs), figsize=(6 * len(archs), 4), squeeze=False)
     for ax, arch in zip(axes[0], archs, strict=True):
-        for dataset_id, group in profile[profile.arch == arch].groupby("dataset_id"):
+        for _, group in profile[profile.arch == arch].groupby("dataset_id"):
             group = group.sort_values("layer_index")
             mean, std = group[f"{metric}_mean"], group[f"{metric}_std"].fillna(0)
             label = f"{group.dataset.iloc[0]} / {group.hierarchy.iloc[0]}"
@@ -172,18 +183,31 @@ def _plot_consistency(store, experiment_id, row, method: str, factor: int, out: 
 
 def _runs_html(runs: pd.DataFrame) -> str:
     columns = ["dataset", "hierarchy", "arch", "seed", "epochs", "train_accuracy", "test_accuracy"]
-    return "<h2>Runs (superclass accuracy)</h2>" + runs[columns].to_html(index=False, float_format="%.3f")
+    return "<h2>Runs (superclass accuracy)</h2>" + runs[columns].to_html(
+        index=False, float_format="%.3f"
+    )
 
 
 def _profile_html(profile: pd.DataFrame) -> str:
-    columns = ["dataset", "hierarchy", "arch", "layer", "ami_mean", "ami_std", "purity_mean", "ncc_subclass_mean"]
+    columns = [
+        "dataset",
+        "hierarchy",
+        "arch",
+        "layer",
+        "ami_mean",
+        "ami_std",
+        "purity_mean",
+        "ncc_subclass_mean",
+    ]
     return profile[[c for c in columns if c in profile]].to_html(index=False, float_format="%.3f")
 
 
 _PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>stratalens: {title}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1400px}} img{{max-width:48%;margin:4px}}
-table{{border-collapse:collapse;margin:1em 0}} td,th{{border:1px solid #ccc;padding:2px 8px}}</style>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1400px}}
+img{{max-width:48%;margin:4px}}
+table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:2px 8px}}</style>
 </head><body>
 {body}
 </body></html>

@@ -28,7 +28,9 @@ _METRICS_FIELDS = S.METRICS_SCHEMA.remove(0)
 def true_subclasses(store: EmbeddingStore, dataset_id: str, split: str) -> np.ndarray:
     """Subclass of every sample of ``split``, indexed by ``sample_index``."""
     rows = store.read(
-        S.SAMPLES, columns=["sample_index", "subclass"], filter=where(dataset_id=dataset_id, split=split)
+        S.SAMPLES,
+        columns=["sample_index", "subclass"],
+        filter=where(dataset_id=dataset_id, split=split),
     )
     truth = np.full(len(rows), -1, dtype=np.int64)
     truth[rows.column("sample_index").to_numpy()] = rows.column("subclass").to_numpy()
@@ -71,7 +73,12 @@ def score_layer(store: EmbeddingStore, unit: LayerUnit) -> list[PendingUnit]:
     data = {}
     for split in ("train", "test"):
         rows = store.embeddings(
-            unit.experiment_id, unit.arch, unit.layer, run_id=unit.run_id, epoch=unit.epoch, split=split
+            unit.experiment_id,
+            unit.arch,
+            unit.layer,
+            run_id=unit.run_id,
+            epoch=unit.epoch,
+            split=split,
         )
         data[split] = (
             embedding_matrix(rows),
@@ -94,8 +101,16 @@ def score_layer(store: EmbeddingStore, unit: LayerUnit) -> list[PendingUnit]:
         "n_clusters": 0,
     }
     records = [
-        {**base, "metric": "ncc_superclass", "value": ncc_accuracy(X_train, super_train, X_test, super_test)},
-        {**base, "metric": "ncc_subclass", "value": ncc_accuracy(X_train, sub_train, X_test, sub_test)},
+        {
+            **base,
+            "metric": "ncc_superclass",
+            "value": ncc_accuracy(X_train, super_train, X_test, super_test),
+        },
+        {
+            **base,
+            "metric": "ncc_subclass",
+            "value": ncc_accuracy(X_train, sub_train, X_test, sub_test),
+        },
     ]
     table = pa.Table.from_pylist(records, schema=_METRICS_FIELDS)
     return [store.write_fragments(S.METRICS, unit.unit_key, table)]

@@ -11,12 +11,17 @@ commit leaves nothing visible (its orphan files are removed by ``compact``).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import lance
+# Workers append fragments to tables the committer may not have created yet, which
+# Lance reports with a warning per write; keep its log to errors unless asked.
+os.environ.setdefault("LANCE_LOG", "error")
+
+import lance  # noqa: E402
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -71,9 +76,7 @@ class EmbeddingStore:
         """The Lance dataset behind ``table``, or ``None`` when it does not exist yet."""
         if not self._has_table_files(table):
             return None
-        return lance.dataset(
-            self.uri(table), version=version, storage_options=self.storage_options
-        )
+        return lance.dataset(self.uri(table), version=version, storage_options=self.storage_options)
 
     def exists(self, table: str) -> bool:
         return self._has_table_files(table)
@@ -115,13 +118,14 @@ class EmbeddingStore:
         reader = pa.RecordBatchReader.from_batches(
             schema, counted.wrap(_prepare(table, unit_key, b, schema) for b in batches)
         )
-        mode = "append" if self.exists(table) else "create"
         try:
             fragments = write_fragments(
                 reader,
                 self.uri(table),
                 schema=schema,
-                mode=mode,
+                # "append" also works before the table exists; "create" would fail
+                # if the committer created the table while this worker was writing.
+                mode="append",
                 max_rows_per_group=ROWS_PER_GROUP,
                 storage_options=self.storage_options,
             )
@@ -135,7 +139,9 @@ class EmbeddingStore:
     def commit(self, unit: PendingUnit) -> bool:
         """Make ``unit`` visible in one transaction; ``False`` if its key was already there."""
         if unit.n_rows == 0:
-            raise StoreError(f"unit {unit.unit_key!r} of table {unit.table!r} has no rows to commit")
+            raise StoreError(
+                f"unit {unit.unit_key!r} of table {unit.table!r} has no rows to commit"
+            )
         for attempt in range(COMMIT_MAX_RETRIES):
             if unit.unit_key in self.committed_keys(unit.table):
                 return False
@@ -237,8 +243,6 @@ class EmbeddingStore:
     # -- internals ------------------------------------------------------------
     def _filesystem(self) -> tuple[pafs.FileSystem, str]:
         if "://" not in self.root:
-            import os
-
             return pafs.LocalFileSystem(), os.path.abspath(self.root)
         fs, path = pafs.FileSystem.from_uri(self.root)
         return fs, path.rstrip("/")
@@ -288,7 +292,9 @@ def _prepare(table: str, unit_key: str, batch: pa.RecordBatch, schema: pa.Schema
             columns.append(pa.array([unit_key] * batch.num_rows, pa.string()))
             continue
         if f.name not in batch.schema.names:
-            raise StoreError(f"data for table {table!r} lacks column {f.name!r}; add it before writing")
+            raise StoreError(
+                f"data for table {table!r} lacks column {f.name!r}; add it before writing"
+            )
         column = batch.column(f.name)
         if pa.types.is_fixed_size_list(f.type):
             column = _check_vectors(table, f, column)
@@ -306,7 +312,9 @@ def _prepare(table: str, unit_key: str, batch: pa.RecordBatch, schema: pa.Schema
 
 def _check_vectors(table: str, f: pa.Field, column: pa.Array) -> pa.Array:
     if not pa.types.is_fixed_size_list(column.type):
-        raise StoreError(f"column {f.name!r} of table {table!r} must be a fixed-size list of floats")
+        raise StoreError(
+            f"column {f.name!r} of table {table!r} must be a fixed-size list of floats"
+        )
     if column.type.list_size != f.type.list_size:
         raise StoreError(
             f"embedding dimension {column.type.list_size} does not match table {table!r}, "

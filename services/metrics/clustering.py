@@ -12,7 +12,7 @@ from services.metrics._validation import check_labelings
 
 
 def contingency_matrix(labels_true, labels_pred) -> np.ndarray:
-    """Counts ``C[i, j]`` of samples in true class i and cluster j, int64 (n_classes, n_clusters)."""
+    """Counts ``C[i, j]`` of samples in class i and cluster j, int64 (n_classes, n_clusters)."""
     labels_true, labels_pred = check_labelings(labels_true, labels_pred)
     classes, class_idx = np.unique(labels_true, return_inverse=True)
     clusters, cluster_idx = np.unique(labels_pred, return_inverse=True)
@@ -46,7 +46,9 @@ def adjusted_rand_score(labels_true, labels_pred) -> float:
     return (sum_cells - expected) / (maximum - expected)
 
 
-def adjusted_mutual_info_score(labels_true, labels_pred, *, average_method: str = "arithmetic") -> float:
+def adjusted_mutual_info_score(
+    labels_true, labels_pred, *, average_method: str = "arithmetic"
+) -> float:
     """Mutual information adjusted for chance, as ``sklearn.metrics.adjusted_mutual_info_score``."""
     from sklearn.metrics import adjusted_mutual_info_score as sk_ami
 
@@ -54,7 +56,9 @@ def adjusted_mutual_info_score(labels_true, labels_pred, *, average_method: str 
     return float(sk_ami(labels_true, labels_pred, average_method=average_method))
 
 
-def normalized_mutual_info_score(labels_true, labels_pred, *, average_method: str = "arithmetic") -> float:
+def normalized_mutual_info_score(
+    labels_true, labels_pred, *, average_method: str = "arithmetic"
+) -> float:
     """Mutual information normalised to [0, 1], as ``sklearn.metrics``."""
     from sklearn.metrics import normalized_mutual_info_score as sk_nmi
 

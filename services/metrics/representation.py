@@ -30,7 +30,5 @@ def ncc_accuracy(X_train, y_train, X_test=None, y_test=None) -> float:
             f"X_test has {X_test.shape[1]} features but X_train has {means.shape[1]}; "
             "use embeddings of the same layer"
         )
-    distances = (
-        (X_test**2).sum(1)[:, None] - 2 * X_test @ means.T + (means**2).sum(1)[None, :]
-    )
+    distances = (X_test**2).sum(1)[:, None] - 2 * X_test @ means.T + (means**2).sum(1)[None, :]
     return float((classes[distances.argmin(axis=1)] == y_test).mean())

@@ -1,0 +1,232 @@
+"""The reduced quickstart through the real pipeline: local Ray, Lance in a tmp dir."""
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+from typer.testing import CliRunner
+
+from jobs.cli import app
+from jobs.pipeline import probe_layers, run_experiment
+from jobs.spec import ExperimentSpec, SpecError
+from services.report import layer_profile, write_report
+from storage import EmbeddingStore, embedding_matrix, embeddings_table
+from storage import schema as S
+from storage.filters import where
+from tests.integration.conftest import small_spec
+
+pytestmark = pytest.mark.integration
+LAYERS = probe_layers("small_cnn")
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, local_ray):
+    spec = ExperimentSpec.from_dict(small_spec())
+    store = EmbeddingStore(str(tmp_path_factory.mktemp("study") / "store"))
+    counts = run_experiment(spec, store)
+    return spec, store, counts
+
+
+def test_every_stage_committed(study):
+    spec, store, counts = study
+    runs = store.read(S.RUNS).to_pandas()
+    assert len(runs) == 4 and set(runs.status) == {"done"}
+    assert runs.test_accuracy.between(0, 1).all()
+    digits = runs[runs.dataset == "digits"]
+    assert (digits.test_accuracy > 0.5).all()  # chance is 1/5 superclasses
+    n_units = {"train + extract": 4 * len(LAYERS) * 2 + 4, "cluster": 4 * len(LAYERS) * 2}
+    for stage, n in n_units.items():
+        assert counts.committed[stage] == n
+
+
+def test_embeddings_once_per_run_split_sample(study):
+    spec, store, _ = study
+    samples = store.read(S.SAMPLES, columns=["dataset_id"]).to_pandas()
+    expected_rows = 2 * len(samples)  # two seeds per dataset, all samples of both splits
+    for layer in LAYERS:
+        rows = store.read(embeddings_table("it", "small_cnn", layer)).to_pandas()
+        assert len(rows) == expected_rows
+        assert not rows.duplicated(["run_id", "epoch", "split", "sample_index"]).any()
+        assert np.isfinite(np.stack(rows.embedding.to_numpy())).all()
+
+
+def test_clusterings_have_k_clusters_within_each_superclass(study):
+    _, store, _ = study
+    rows = store.read(S.CLUSTERINGS).to_pylist()
+    # 4 runs x 6 layers x 2 methods x 5 superclasses x 2 factors
+    assert len(rows) == 4 * len(LAYERS) * 2 * 5 * 2
+    samples = store.read(S.SAMPLES).to_pandas().set_index(["dataset_id", "split", "sample_index"])
+    for row in rows[:: len(rows) // 40]:
+        superclasses = samples.loc[
+            [(row["dataset_id"], "test", i) for i in row["sample_index"]], "superclass"
+        ]
+        assert superclasses.nunique() == 1
+        assert row["scope"] == f"superclass={superclasses.iloc[0]}"
+        assert len(set(row["labels"])) == row["n_clusters"]
+        per_super = 2 if row["dataset_id"].startswith("digits") else 4
+        assert row["n_clusters"] == per_super * row["overclustering_factor"]
+
+
+def test_stored_scores_match_an_independent_recomputation(study):
+    _, store, _ = study
+    samples = store.read(S.SAMPLES).to_pandas().set_index(["dataset_id", "split", "sample_index"])
+    metrics = store.read(S.METRICS).to_pandas()
+    clusterings = store.read(S.CLUSTERINGS).to_pylist()
+    checked = 0
+    for row in clusterings[::7]:
+        truth = samples.loc[
+            [(row["dataset_id"], row["split"], i) for i in row["sample_index"]], "subclass"
+        ].to_numpy()
+        stored = metrics[
+            (metrics.run_id == row["run_id"])
+            & (metrics.layer == row["layer"])
+            & (metrics.method == row["method"])
+            & (metrics.scope == row["scope"])
+            & (metrics.n_clusters == row["n_clusters"])
+        ].set_index("metric")["value"]
+        assert stored["ami"] == pytest.approx(
+            skm.adjusted_mutual_info_score(truth, row["labels"]), abs=1e-12
+        )
+        assert stored["ari"] == pytest.approx(
+            skm.adjusted_rand_score(truth, row["labels"]), abs=1e-12
+        )
+        table = skm.cluster.contingency_matrix(truth, row["labels"])
+        assert stored["purity"] == pytest.approx(table.max(axis=0).sum() / table.sum())
+        checked += 1
+    assert checked > 20
+
+
+def test_ncc_matches_an_independent_recomputation(study):
+    _, store, _ = study
+    run_id = store.read(S.RUNS).column("run_id")[0].as_py()
+    rows = store.embeddings("it", "small_cnn", "fc2", run_id=run_id)
+    X, split, y = (
+        embedding_matrix(rows),
+        rows.column("split").to_numpy(zero_copy_only=False),
+        rows.column("subclass").to_numpy(),
+    )
+    train, test = split == "train", split == "test"
+    classes = np.unique(y[train])
+    means = np.stack([X[train][y[train] == c].mean(0) for c in classes])
+    nearest = classes[((X[test][:, None, :] - means[None]) ** 2).sum(-1).argmin(1)]
+    stored = (
+        store.read(S.METRICS, filter=where(run_id=run_id, layer="fc2", metric="ncc_subclass"))
+        .column("value")[0]
+        .as_py()
+    )
+    assert stored == pytest.approx((nearest == y[test]).mean(), abs=1e-9)
+
+
+def test_cross_seed_ari_covers_every_layer_pair(study):
+    _, store, _ = study
+    pairs = store.read(S.PAIRS, filter=where(method="ward", overclustering_factor=1)).to_pandas()
+    for _, group in pairs.groupby("dataset_id"):
+        assert set(zip(group.layer_a, group.layer_b, strict=True)) == {
+            (a, b) for a in LAYERS for b in LAYERS
+        }
+        assert (group.seed_a == 0).all() and (group.seed_b == 1).all()
+        assert group.value.between(-1, 1).all()
+    one = pairs.iloc[0]
+    a, b = (
+        store.read(
+            S.CLUSTERINGS,
+            filter=where(
+                run_id=one[run],
+                layer=one[layer],
+                method="ward",
+                overclustering_factor=1,
+                scope=one.scope,
+            ),
+        ).to_pylist()[0]
+        for run, layer in (("run_a", "layer_a"), ("run_b", "layer_b"))
+    )
+    assert a["sample_index"] == b["sample_index"]
+    assert one.value == pytest.approx(skm.adjusted_rand_score(a["labels"], b["labels"]))
+
+
+def test_rerun_does_nothing_and_changes_no_table(study):
+    spec, store, _ = study
+    versions = {t: store.version(t) for t in store.list_tables()}
+    counts = run_experiment(spec, store)
+    assert counts.committed == {}
+    assert {t: store.version(t) for t in store.list_tables()} == versions
+
+
+def test_changed_spec_is_refused_and_store_unchanged(study):
+    spec, store, _ = study
+    versions = {t: store.version(t) for t in store.list_tables()}
+    changed = ExperimentSpec.from_dict(small_spec(epochs=3))
+    with pytest.raises(SpecError, match="different spec; pass --fresh"):
+        run_experiment(changed, store)
+    assert {t: store.version(t) for t in store.list_tables()} == versions
+
+
+def test_report_and_profile(study, tmp_path):
+    _, store, _ = study
+    profile = layer_profile(store, "it")
+    assert list(profile[profile.dataset == "digits"].layer) == list(LAYERS)
+    assert profile.ami_mean.between(-0.1, 1).all()
+    page = write_report(store, "it", tmp_path / "report")
+    html = page.read_text()
+    for name in ("ami_vs_layer_ward.png", "purity_vs_layer_kmeans.png"):
+        assert name in html and (tmp_path / "report" / name).stat().st_size > 1000
+    assert sum(1 for p in (tmp_path / "report").glob("ari_*.png")) == 4
+
+
+def test_cli_show_and_export(study, tmp_path):
+    _, store, _ = study
+    runner = CliRunner()
+    result = runner.invoke(app, ["show", "it", "--store", store.root])
+    assert result.exit_code == 0, result.output
+    assert "fc2" in result.output
+    out = tmp_path / "fc2.npy"
+    result = runner.invoke(
+        app,
+        [
+            "embeddings",
+            "it",
+            "--arch",
+            "small_cnn",
+            "--layer",
+            "fc2",
+            "--seed",
+            "1",
+            "--split",
+            "test",
+            "--superclass",
+            "2",
+            "--out",
+            str(out),
+            "--store",
+            store.root,
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    exported = np.load(out)
+    expected = store.embeddings("it", "small_cnn", "fc2", seed=1, split="test", superclass=2)
+    np.testing.assert_array_equal(exported, embedding_matrix(expected))
+    for suffix in (".parquet", ".arrow"):
+        result = runner.invoke(
+            app,
+            [
+                "embeddings",
+                "it",
+                "--arch",
+                "small_cnn",
+                "--layer",
+                "conv1",
+                "--out",
+                str(tmp_path / f"x{suffix}"),
+                "--store",
+                store.root,
+            ],
+        )
+        assert result.exit_code == 0, result.output
+
+
+def test_external_readers_open_the_tables(study):
+    duckdb = pytest.importorskip("duckdb")
+    import lance
+
+    _, store, _ = study
+    runs = lance.dataset(f"{store.root}/runs").to_table()  # noqa: F841  (read by DuckDB below)
+    assert duckdb.sql("SELECT count(*) FROM runs").fetchall()[0][0] == 4

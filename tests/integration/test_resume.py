@@ -1,0 +1,109 @@
+"""Kill `stratalens run` half-way, re-run it: the store ends complete and duplicate-free."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from jobs.pipeline import probe_layers
+from storage import EmbeddingStore, embeddings_table
+from storage import schema as S
+from tests.integration.conftest import small_spec
+
+pytestmark = pytest.mark.integration
+CLI = [sys.executable, "-c", "from jobs.cli import app; app()"]
+LAYERS = probe_layers("small_cnn")
+
+
+def cli(*args: str, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [*CLI, *args],
+        cwd=Path(__file__).parents[2],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, so the kill takes its Ray processes too
+        **kwargs,
+    )
+
+
+def wait_for_first_commit(
+    store: EmbeddingStore, process: subprocess.Popen, timeout: float = 240
+) -> None:
+    deadline = time.monotonic() + timeout
+    table = embeddings_table("killed", "small_cnn", LAYERS[0])
+    while time.monotonic() < deadline:
+        if store.exists(table):
+            return
+        if process.poll() is not None:
+            pytest.fail(f"run ended before it was killed:\n{process.stdout.read()}")
+        time.sleep(0.1)
+    pytest.fail("no embeddings were committed in time")
+
+
+def assert_units_whole(store: EmbeddingStore) -> None:
+    """Every committed embeddings unit holds all rows of its split, once."""
+    samples = store.read(S.SAMPLES, columns=["dataset_id", "split"]).to_pandas()
+    split_sizes = samples.groupby(["dataset_id", "split"]).size()
+    for layer in LAYERS:
+        table = embeddings_table("killed", "small_cnn", layer)
+        if not store.exists(table):
+            continue
+        rows = store.read(
+            table, columns=["unit_key", "dataset_id", "split", "run_id", "epoch", "sample_index"]
+        ).to_pandas()
+        assert not rows.duplicated(["run_id", "epoch", "split", "sample_index"]).any()
+        for (key, dataset_id, split), n in (
+            rows.groupby(["unit_key", "dataset_id", "split"]).size().items()
+        ):
+            assert n == split_sizes[(dataset_id, split)], key
+
+
+def test_killed_run_resumes_to_the_same_complete_store(tmp_path):
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(small_spec(name="killed")))
+    store = EmbeddingStore(str(tmp_path / "store"))
+
+    first = cli("run", str(spec_path), "--store", store.root)
+    wait_for_first_commit(store, first)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(timeout=30)
+    assert not store.exists(S.CLUSTERINGS) or store.read(S.RUNS).num_rows < 4
+    assert_units_whole(store)
+
+    second = cli("run", str(spec_path), "--store", store.root)
+    output, _ = second.communicate(timeout=600)
+    assert second.returncode == 0, output
+    assert_units_whole(store)
+    assert store.read(S.RUNS).num_rows == 4
+    clusterings = store.read(
+        S.CLUSTERINGS, columns=["unit_key", "scope", "overclustering_factor"]
+    ).to_pandas()
+    assert len(clusterings) == 4 * len(LAYERS) * 2 * 5 * 2
+    assert not clusterings.duplicated().any()
+    metrics = store.read(
+        S.METRICS, columns=["unit_key", "scope", "n_clusters", "metric"]
+    ).to_pandas()
+    assert not metrics.duplicated().any()
+    versions = {t: store.version(t) for t in store.list_tables()}
+
+    third = cli("run", str(spec_path), "--store", store.root)
+    output, _ = third.communicate(timeout=300)
+    assert third.returncode == 0, output
+    assert "nothing new" in output
+    assert {t: store.version(t) for t in store.list_tables()} == versions
+
+    fresh = cli("run", str(spec_path), "--store", store.root, "--fresh")
+    output, _ = fresh.communicate(timeout=600)
+    assert fresh.returncode == 0, output
+    assert store.read(S.RUNS).num_rows == 4
+    assert store.read(S.EXPERIMENTS).num_rows == 1
+    assert len(store.read(S.CLUSTERINGS, columns=["unit_key"])) == len(clusterings)
+    assert_units_whole(store)

@@ -1,0 +1,156 @@
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from storage import EmbeddingStore, StoreError, embedding_matrix, embeddings_table
+from storage import schema as S
+from storage.filters import where
+
+TABLE = embeddings_table("exp", "net", "fc")
+
+
+def rows(
+    n: int, dim: int = 4, *, split: str = "test", run: str = "r0", start: int = 0, seed: int = 0
+):
+    values = np.random.RandomState(seed).rand(n, dim).astype(np.float32)
+    return pa.table(
+        {
+            "experiment_id": ["exp"] * n,
+            "run_id": [run] * n,
+            "dataset_id": ["d"] * n,
+            "arch": ["net"] * n,
+            "seed": pa.array(np.zeros(n, np.int32)),
+            "epoch": pa.array(np.ones(n, np.int32)),
+            "split": [split] * n,
+            "sample_index": pa.array(np.arange(start, start + n)),
+            "subclass": pa.array(np.arange(n) % 3, pa.int32()),
+            "superclass": pa.array(np.arange(n) % 2, pa.int32()),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(values.ravel()), dim),
+        }
+    ), values
+
+
+def test_roundtrip_and_filters(store):
+    table, values = rows(10)
+    assert store.write_unit(TABLE, "u1", table, S.embeddings_schema(4))
+    other, _ = rows(5, split="train", run="r1", seed=1)
+    assert store.write_unit(TABLE, "u2", other)
+    got = store.embeddings("exp", "net", "fc", run_id="r0", split="test")
+    np.testing.assert_array_equal(embedding_matrix(got), values)
+    assert got.schema.field("embedding").type == pa.list_(pa.float32(), 4)
+    assert store.embeddings("exp", "net", "fc", superclass=1).num_rows == 5 + 2
+    assert store.committed_keys(TABLE) == {"u1", "u2"}
+
+
+def test_committing_a_key_twice_adds_nothing(store):
+    table, _ = rows(10)
+    assert store.write_unit(TABLE, "u1", table, S.embeddings_schema(4))
+    version = store.version(TABLE)
+    pending = store.write_fragments(TABLE, "u1", table)
+    assert store.commit(pending) is False
+    assert store.write_unit(TABLE, "u1", table) is False
+    assert store.version(TABLE) == version
+    assert store.read(TABLE).num_rows == 10
+
+
+def test_uncommitted_fragments_are_invisible(store):
+    table, _ = rows(10)
+    store.write_unit(TABLE, "u1", table, S.embeddings_schema(4))
+    store.write_fragments(TABLE, "u2", rows(7, start=10)[0])  # written, never committed
+    assert store.read(TABLE).num_rows == 10
+    assert store.committed_keys(TABLE) == {"u1"}
+
+
+def test_one_unit_from_many_batches_commits_atomically(store):
+    batches = [rows(4, start=4 * i, seed=i)[0].to_batches()[0] for i in range(5)]
+    unit = store.write_fragments(TABLE, "stream", iter(batches), S.embeddings_schema(4))
+    assert unit.n_rows == 20
+    assert not store.exists(TABLE)  # data files written, but no version yet
+    assert store.commit(unit)
+    assert store.read(TABLE).num_rows == 20
+
+
+@pytest.mark.parametrize(
+    "corrupt, message",
+    [
+        (lambda t: t.set_column(10, "embedding", _with_nan(t)), "NaN or Inf"),
+        (lambda t: rows(10, dim=5)[0], "dimension 5 does not match"),
+        (lambda t: t.drop_columns(["run_id"]), "lacks column 'run_id'"),
+        (lambda t: t.set_column(7, "sample_index", pa.array(["x"] * 10)), "does not convert"),
+    ],
+)
+def test_bad_input_raises_one_clear_error_and_leaves_store_unchanged(store, corrupt, message):
+    table, _ = rows(10)
+    store.write_unit(TABLE, "u1", table, S.embeddings_schema(4))
+    version = store.version(TABLE)
+    with pytest.raises(StoreError, match=message):
+        store.write_unit(TABLE, "bad", corrupt(table))
+    assert store.version(TABLE) == version
+    assert store.read(TABLE).num_rows == 10
+
+
+def _with_nan(table):
+    values = embedding_matrix(table).copy()
+    values[3, 1] = np.nan
+    return pa.FixedSizeListArray.from_arrays(pa.array(values.ravel()), 4)
+
+
+def test_unknown_layer_names_the_stored_ones(store):
+    store.write_unit(TABLE, "u1", rows(3)[0], S.embeddings_schema(4))
+    with pytest.raises(StoreError, match=r"layer 'conv9'.*\['fc'\]"):
+        store.embeddings("exp", "net", "conv9")
+
+
+def test_delete_experiment_removes_rows_and_embeddings(store):
+    store.write_unit(TABLE, "u1", rows(3)[0], S.embeddings_schema(4))
+    meta = pa.table(
+        {
+            "experiment_id": ["exp"],
+            "name": ["exp"],
+            "spec": ["{}"],
+            "created_at": pa.array([0], pa.timestamp("us", tz="UTC")),
+        }
+    )
+    store.write_unit(S.EXPERIMENTS, "exp", meta)
+    store.delete_experiment("exp")
+    assert not store.exists(TABLE)
+    assert store.read(S.EXPERIMENTS).num_rows == 0
+
+
+def test_missing_table_reads_empty_for_fixed_tables(store):
+    assert store.read(S.RUNS).num_rows == 0
+    with pytest.raises(StoreError, match="does not exist"):
+        store.read("embeddings/nope/x/y")
+
+
+def test_where_quotes_and_skips_none():
+    assert where(split="te'st", seed=[0, 1], epoch=None) == "split = 'te''st' AND seed IN (0, 1)"
+    assert where() is None
+
+
+def test_store_has_no_ray_or_torch_imports():
+    import ast
+    import pathlib
+
+    for path in (pathlib.Path(__file__).parents[2] / "storage").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in getattr(node, "names", [])] + [
+                getattr(node, "module", None) or ""
+            ]
+            assert not any(n.split(".")[0] in ("ray", "torch") for n in names), path
+
+
+def test_version_history_reads_old_state(store):
+    store.write_unit(TABLE, "u1", rows(3)[0], S.embeddings_schema(4))
+    first = store.version(TABLE)
+    store.write_unit(TABLE, "u2", rows(4, start=3)[0])
+    assert store.read(TABLE, version=first).num_rows == 3
+    assert store.read(TABLE).num_rows == 7
+
+
+def test_store_root_is_plain_lance(store):
+    import lance
+
+    store.write_unit(TABLE, "u1", rows(3)[0], S.embeddings_schema(4))
+    assert lance.dataset(f"{store.root}/{TABLE}").count_rows() == 3
+    assert EmbeddingStore(store.root).list_tables() == [TABLE]
