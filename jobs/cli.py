@@ -154,8 +154,8 @@ def _print_profile(store: EmbeddingStore, experiment: str, method: str) -> None:
             r.layer,
             f"{r.ami_mean:.3f} ± {np.nan_to_num(r.ami_std):.3f}",
             f"{r.purity_mean:.3f}",
-            f"{r.ncc_subclass_mean:.3f}",
-            f"{r.ncc_superclass_mean:.3f}",
+            f"{getattr(r, 'ncc_subclass_mean', np.nan):.3f}",
+            f"{getattr(r, 'ncc_superclass_mean', np.nan):.3f}",
         )
     console.print(table)
 

@@ -263,7 +263,10 @@ def score(
     pending = {}
     for unit in cluster_units(spec):
         if f"scores/{unit.unit_key}" not in done_metrics:
-            pending[score_clusterings_task.options(**opts).remote(store, unit.unit_key)] = None
+            ref = score_clusterings_task.options(**opts).remote(
+                store, unit.unit_key, tuple(spec.metrics.clustering)
+            )
+            pending[ref] = None
     for unit in layer_units(spec):
         if unit.unit_key not in done_metrics:
             pending[score_layer_task.options(**opts).remote(store, unit)] = None
@@ -274,8 +277,20 @@ def score(
 
 
 def layer_units(spec: ExperimentSpec) -> list[LayerUnit]:
+    metrics = tuple(spec.metrics.representation)
+    if not metrics:
+        return []
     return [
-        LayerUnit(spec.experiment_id, p.run_id, p.dataset.dataset_id, p.arch, p.seed, epoch, layer)
+        LayerUnit(
+            spec.experiment_id,
+            p.run_id,
+            p.dataset.dataset_id,
+            p.arch,
+            p.seed,
+            epoch,
+            layer,
+            metrics,
+        )
         for p in run_plans(spec)
         for epoch in spec.epochs_to_probe
         for layer in probe_layers(p.arch)
@@ -285,27 +300,30 @@ def layer_units(spec: ExperimentSpec) -> list[LayerUnit]:
 def consistency_units(spec: ExperimentSpec) -> list[ConsistencyUnit]:
     units = []
     c = spec.clustering
+    if len(spec.seeds) < 2 or not spec.metrics.consistency:
+        return units
     for dataset, arch in itertools.product(spec.datasets, spec.archs):
-        runs = [p for p in run_plans(spec) if p.arch == arch and p.dataset == dataset.config()]
-        for a, b in itertools.combinations(runs, 2):
-            for epoch, method, factor in itertools.product(
-                spec.epochs_to_probe, c.methods, c.overclustering_factors
-            ):
-                units.append(
-                    ConsistencyUnit(
-                        spec.experiment_id,
-                        a.dataset.dataset_id,
-                        arch,
-                        epoch,
-                        c.split,
-                        method,
-                        factor,
-                        a.run_id,
-                        a.seed,
-                        b.run_id,
-                        b.seed,
-                    )
+        runs = tuple(
+            (p.run_id, p.seed)
+            for p in run_plans(spec)
+            if p.arch == arch and p.dataset == dataset.config()
+        )
+        for epoch, method, factor in itertools.product(
+            spec.epochs_to_probe, c.methods, c.overclustering_factors
+        ):
+            units.append(
+                ConsistencyUnit(
+                    experiment_id=spec.experiment_id,
+                    dataset_id=dataset.config().dataset_id,
+                    arch=arch,
+                    epoch=epoch,
+                    split=c.split,
+                    method=method,
+                    factor=factor,
+                    runs=runs,
+                    metrics=tuple(spec.metrics.consistency),
                 )
+            )
     return units
 
 

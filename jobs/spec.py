@@ -102,6 +102,51 @@ class ClusteringSpec(_Strict):
         return sorted(set(value))
 
 
+REPRESENTATION_METRICS = ("ncc", "cdnv", "nc1", "nc2")
+CONSISTENCY_METRICS = ("ari", "ami", "nmi")
+
+
+class MetricsSpec(_Strict):
+    """What the score stage computes."""
+
+    clustering: list[str] = Field(
+        default_factory=lambda: ["ami", "purity", "ari", "nmi"],
+        description="scores of each clustering against the true subclasses",
+    )
+    representation: list[str] = Field(
+        default_factory=lambda: ["ncc", "cdnv"],
+        description="per-layer measures (superclass and subclass labels): ncc, cdnv, nc1, nc2",
+    )
+    consistency: list[str] = Field(
+        default_factory=lambda: ["ari"],
+        description="scores between every pair of seeds' clusterings, for every pair of layers",
+    )
+
+    @field_validator("clustering")
+    @classmethod
+    def _clustering(cls, value: list[str]) -> list[str]:
+        from services.metrics import SCORES_FROM_CONTINGENCY
+
+        return _known(value, sorted(SCORES_FROM_CONTINGENCY), "clustering metric")
+
+    @field_validator("representation")
+    @classmethod
+    def _representation(cls, value: list[str]) -> list[str]:
+        return _known(value, REPRESENTATION_METRICS, "representation metric")
+
+    @field_validator("consistency")
+    @classmethod
+    def _consistency(cls, value: list[str]) -> list[str]:
+        return _known(value, CONSISTENCY_METRICS, "consistency metric")
+
+
+def _known(value: list[str], allowed, what: str) -> list[str]:
+    unknown = [v for v in value if v not in allowed]
+    if unknown:
+        raise ValueError(f"unknown {what}(s) {unknown}; choose from {list(allowed)}")
+    return value
+
+
 class ResourcesSpec(_Strict):
     """Ray resource requests per worker."""
 
@@ -125,6 +170,7 @@ class ExperimentSpec(_Strict):
         None, description="epochs after which layers are extracted; default: the last epoch"
     )
     clustering: ClusteringSpec = Field(default_factory=ClusteringSpec)
+    metrics: MetricsSpec = Field(default_factory=MetricsSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
 
     @field_validator("archs")

@@ -52,7 +52,7 @@ def layer_profile(
         )
     factor = int(clustered.overclustering_factor.min()) if factor is None else factor
     clustered = clustered[clustered.overclustering_factor == factor]
-    ncc = metrics[metrics.method == "ncc"]
+    ncc = metrics[metrics.method == "representation"]
     per_seed = (
         pd.concat([clustered, ncc])
         .groupby(["dataset_id", "arch", "seed", "layer", "metric"])["value"]
@@ -85,6 +85,7 @@ def consistency_matrix(
     pairs = store.read(
         S.PAIRS,
         filter=where(
+            metric="ari",
             experiment_id=experiment_id,
             dataset_id=dataset_id,
             arch=arch,
@@ -115,7 +116,7 @@ def write_report(store: EmbeddingStore, experiment_id: str, out_dir: str | Path)
         columns=["method", "overclustering_factor"],
         filter=where(experiment_id=experiment_id),
     ).to_pandas()
-    methods = sorted(set(metrics.method) - {"ncc"})
+    methods = sorted(set(metrics.method) - {"representation"})
     sections = [f"<h1>stratalens report: {html.escape(experiment_id)}</h1>", _runs_html(runs)]
     for method in methods:
         profile = layer_profile(store, experiment_id, method=method)

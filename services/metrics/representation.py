@@ -1,4 +1,10 @@
-"""Measures of a representation against class labels (no clustering involved)."""
+"""Measures of a representation against class labels.
+
+Class-mean based measures (NCC accuracy, CDNV, NC1, NC2, class distances) are
+computed from :class:`ClassStatistics`, which accumulates per-class counts,
+sums and second moments batch by batch, so a layer larger than memory is read
+once.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +13,84 @@ import numpy as np
 from services.metrics._validation import check_embeddings
 
 
+class ClassStatistics:
+    """Per-class count, sum, squared norm and (optionally) scatter, accumulated in one pass.
+
+    Parameters
+    ----------
+    track_scatter : bool, default=False
+        Also accumulate the (d, d) within-class scatter, which NC1 needs.
+    """
+
+    def __init__(self, *, track_scatter: bool = False):
+        self.track_scatter = track_scatter
+        self._counts: dict = {}
+        self._sums: dict = {}
+        self._sq_norms: dict = {}
+        self._outer: dict = {}
+        self.bytes_read = 0
+
+    def update(self, X, y) -> ClassStatistics:
+        self.bytes_read += np.asarray(X).nbytes
+        X, y = check_embeddings(X, y)
+        classes, inverse = np.unique(y, return_inverse=True)
+        sums = np.zeros((len(classes), X.shape[1]))
+        np.add.at(sums, inverse, X)
+        counts = np.bincount(inverse, minlength=len(classes))
+        sq = np.bincount(inverse, weights=np.einsum("ij,ij->i", X, X), minlength=len(classes))
+        for k, c in enumerate(classes.tolist()):
+            self._counts[c] = self._counts.get(c, 0) + int(counts[k])
+            self._sums[c] = self._sums.get(c, 0) + sums[k]
+            self._sq_norms[c] = self._sq_norms.get(c, 0.0) + float(sq[k])
+            if self.track_scatter:
+                members = X[inverse == k]
+                self._outer[c] = self._outer.get(c, 0) + members.T @ members
+        return self
+
+    @property
+    def classes(self) -> np.ndarray:
+        return np.array(sorted(self._counts))
+
+    @property
+    def counts(self) -> np.ndarray:
+        return np.array([self._counts[c] for c in self.classes])
+
+    @property
+    def means(self) -> np.ndarray:
+        """Class means, float64 (n_classes, d), in ``classes`` order."""
+        return np.stack([self._sums[c] / self._counts[c] for c in self.classes])
+
+    @property
+    def variances(self) -> np.ndarray:
+        """Per-class mean squared distance to the class mean, float64 (n_classes,)."""
+        means = self.means
+        sq = np.array([self._sq_norms[c] / self._counts[c] for c in self.classes])
+        return np.maximum(sq - np.einsum("ij,ij->i", means, means), 0.0)
+
+    @property
+    def mean_sq_norms(self) -> np.ndarray:
+        return np.array([self._sq_norms[c] / self._counts[c] for c in self.classes])
+
+    def within_scatter(self) -> np.ndarray:
+        """S_W = (1/N) sum_c sum_{x in c} (x - mu_c)(x - mu_c)^T, float64 (d, d)."""
+        if not self.track_scatter:
+            raise ValueError("within_scatter needs ClassStatistics(track_scatter=True)")
+        means, counts = self.means, self.counts
+        total = sum(self._outer[c] for c in self.classes) - (means.T * counts) @ means
+        return total / counts.sum()
+
+
 def class_means(X, y) -> tuple[np.ndarray, np.ndarray]:
     """Sorted class ids and their mean vectors, float64 (n_classes, d)."""
-    X, y = check_embeddings(X, y)
-    classes, inverse = np.unique(y, return_inverse=True)
-    sums = np.zeros((len(classes), X.shape[1]))
-    np.add.at(sums, inverse, X)
-    return classes, sums / np.bincount(inverse)[:, None]
+    stats = ClassStatistics().update(X, y)
+    return stats.classes, stats.means
+
+
+def nearest_class_mean(X, classes: np.ndarray, means: np.ndarray) -> np.ndarray:
+    """The class whose mean is nearest (Euclidean) to each row of X."""
+    X = np.asarray(X, dtype=np.float64)
+    distances = (X**2).sum(1)[:, None] - 2 * X @ means.T + (means**2).sum(1)[None, :]
+    return classes[distances.argmin(axis=1)]
 
 
 def ncc_accuracy(X_train, y_train, X_test=None, y_test=None) -> float:
@@ -30,5 +107,129 @@ def ncc_accuracy(X_train, y_train, X_test=None, y_test=None) -> float:
             f"X_test has {X_test.shape[1]} features but X_train has {means.shape[1]}; "
             "use embeddings of the same layer"
         )
-    distances = (X_test**2).sum(1)[:, None] - 2 * X_test @ means.T + (means**2).sum(1)[None, :]
-    return float((classes[distances.argmin(axis=1)] == y_test).mean())
+    return float((nearest_class_mean(X_test, classes, means) == y_test).mean())
+
+
+def cdnv(X, y) -> float:
+    """Class-distance normalised variance: mean over i != j of
+    (Var_i + Var_j) / (2 ||mu_i - mu_j||^2)."""
+    return cdnv_from_statistics(ClassStatistics().update(X, y))
+
+
+def cdnv_from_statistics(stats: ClassStatistics) -> float:
+    means, variances = stats.means, stats.variances
+    if len(means) < 2:
+        raise ValueError("CDNV needs at least 2 classes")
+    gaps = ((means[:, None, :] - means[None, :, :]) ** 2).sum(-1)
+    off = ~np.eye(len(means), dtype=bool)
+    ratios = (variances[:, None] + variances[None, :])[off] / (2 * gaps[off])
+    return float(ratios.mean())
+
+
+def nc1(X, y) -> float:
+    """Within-class variability collapse: tr(S_W S_B^+) / C (Papyan et al.)."""
+    stats = ClassStatistics(track_scatter=True).update(X, y)
+    means = stats.means
+    centred = means - means.mean(axis=0)
+    between = centred.T @ centred / len(means)
+    return float(np.trace(stats.within_scatter() @ np.linalg.pinv(between)) / len(means))
+
+
+def nc2(X, y) -> float:
+    """Distance of the centred class means' Gram matrix from a simplex ETF's (0 = collapse)."""
+    _, means = class_means(X, y)
+    n_classes = len(means)
+    if n_classes < 2:
+        raise ValueError("NC2 needs at least 2 classes")
+    M = means - means.mean(axis=0)
+    gram = M @ M.T
+    etf = (np.eye(n_classes) - np.ones((n_classes, n_classes)) / n_classes) / np.sqrt(n_classes - 1)
+    return float(np.linalg.norm(gram / np.linalg.norm(gram) - etf))
+
+
+def class_distance_matrix(X, y) -> tuple[np.ndarray, np.ndarray]:
+    """D[i, j] = mean squared distance between samples of class i and class j.
+
+    Returns the sorted classes and D, float64 (n_classes, n_classes).
+    """
+    stats = ClassStatistics().update(X, y)
+    means, sq = stats.means, stats.mean_sq_norms
+    return stats.classes, sq[:, None] + sq[None, :] - 2 * means @ means.T
+
+
+def silhouette_score(X, labels, *, metric: str = "cosine") -> float:
+    """Mean silhouette coefficient (cosine distances by default), as ``sklearn.metrics``."""
+    from sklearn.metrics import silhouette_score as sk_silhouette
+
+    X, labels = check_embeddings(X, labels)
+    return float(sk_silhouette(X, labels, metric=metric))
+
+
+def linear_probe_accuracy(
+    X_train, y_train, X_test, y_test, *, C: float = 1.0, max_iter: int = 1000
+) -> float:
+    """Test accuracy of a multinomial logistic regression on standardised features."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X_train, y_train = check_embeddings(X_train, y_train)
+    X_test, y_test = check_embeddings(X_test, y_test, name="X_test")
+    probe = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter))
+    return float(probe.fit(X_train, y_train).score(X_test, y_test))
+
+
+def cluster_and_linear_probe(
+    X_train,
+    superclass_train,
+    n_fine_per_superclass,
+    X_test,
+    superclass_test,
+    fine_test,
+    *,
+    method: str = "kmeans",
+    random_state: int = 0,
+) -> float:
+    """Cluster-and-Linear-Probe (Yang et al.): fine accuracy learnt from coarse labels only.
+
+    Each training superclass s is clustered (L2-normalised) into
+    ``n_fine_per_superclass[s]`` clusters; a linear probe learns the cluster ids;
+    its test predictions are matched to the true fine labels within each
+    superclass by the Hungarian algorithm (cluster ids carry no names), and the
+    accuracy of the matched predictions is returned.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    from actors.clustering import cluster_for_ks, l2_normalize
+
+    X_train, superclass_train = check_embeddings(X_train, superclass_train)
+    X_test, fine_test = check_embeddings(X_test, fine_test, name="X_test")
+    superclass_test = np.asarray(superclass_test)
+    pseudo = np.empty(len(X_train), dtype=np.int64)
+    offset = 0
+    Xn = l2_normalize(X_train)
+    for s in np.unique(superclass_train):
+        members = np.flatnonzero(superclass_train == s)
+        k = int(n_fine_per_superclass[s])
+        pseudo[members] = (
+            cluster_for_ks(Xn[members], method, [k], random_state=random_state)[k] + offset
+        )
+        offset += k
+    X_test_n = l2_normalize(X_test)
+    predicted = _linear_probe(Xn, pseudo).predict(X_test_n)
+    correct = 0
+    for s in np.unique(superclass_test):
+        members = np.flatnonzero(superclass_test == s)
+        clusters, fine = np.unique(predicted[members], return_inverse=True)[1], fine_test[members]
+        fine_ids, fine_codes = np.unique(fine, return_inverse=True)
+        table = np.zeros((clusters.max() + 1, len(fine_ids)), dtype=np.int64)
+        np.add.at(table, (clusters, fine_codes), 1)
+        rows, cols = linear_sum_assignment(-table)
+        correct += int(table[rows, cols].sum())
+    return correct / len(X_test)
+
+
+def _linear_probe(X, y):
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(max_iter=1000).fit(X, y)
