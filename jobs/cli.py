@@ -228,5 +228,25 @@ def report(
     console.print(f"report: {page}")
 
 
+BENCHMARKS = ("metrics",)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help=f"one of {', '.join(BENCHMARKS)}"),
+) -> None:
+    """Run a benchmark script from benchmarks/ (extra options pass through, e.g. --json)."""
+    import runpy
+
+    if name not in BENCHMARKS:
+        _fail(f"unknown benchmark {name!r}; choose one of {list(BENCHMARKS)}")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"bench_{name}.py"
+    if not script.is_file():
+        _fail(f"{script} is missing; run benchmarks from a source checkout (pip install -e .)")
+    sys.argv = [str(script), *ctx.args]
+    runpy.run_path(str(script), run_name="__main__")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())

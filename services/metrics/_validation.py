@@ -5,9 +5,18 @@ from __future__ import annotations
 import numpy as np
 
 
+def as_numpy(array) -> np.ndarray:
+    """A NumPy view or copy of ``array``: NumPy, lists, torch tensors (any device), CuPy arrays."""
+    if hasattr(array, "detach") and hasattr(array, "cpu"):  # torch.Tensor
+        return array.detach().cpu().numpy()
+    if type(array).__module__.split(".")[0] == "cupy":
+        return array.get()
+    return np.asarray(array)
+
+
 def check_labelings(labels_true, labels_pred) -> tuple[np.ndarray, np.ndarray]:
     """Two 1-d label arrays of equal length (any hashable dtype), as NumPy arrays."""
-    labels_true, labels_pred = np.asarray(labels_true), np.asarray(labels_pred)
+    labels_true, labels_pred = as_numpy(labels_true), as_numpy(labels_pred)
     for name, labels in (("labels_true", labels_true), ("labels_pred", labels_pred)):
         if labels.ndim != 1:
             raise ValueError(f"{name} should be 1-d, got shape {labels.shape}")
@@ -23,7 +32,7 @@ def check_labelings(labels_true, labels_pred) -> tuple[np.ndarray, np.ndarray]:
 
 def check_embeddings(X, y, name: str = "X") -> tuple[np.ndarray, np.ndarray]:
     """A finite float (n, d) array and n labels."""
-    X, y = np.asarray(X, dtype=np.float64), np.asarray(y)
+    X, y = as_numpy(X).astype(np.float64, copy=False), as_numpy(y)
     if X.ndim != 2:
         raise ValueError(f"{name} should be 2-d (n_samples, n_features), got shape {X.shape}")
     if not np.isfinite(X).all():

@@ -15,7 +15,7 @@ from math import log
 import numpy as np
 from scipy.special import gammaln
 
-from services.metrics._validation import check_labelings
+from services.metrics._validation import as_numpy, check_labelings
 
 EMI_TAIL_EXPONENT = 50.0  # hypergeometric terms beyond exp(-50) of mass are skipped
 EMI_TERMS_PER_CHUNK = 1 << 21  # bounds the memory of the vectorised EMI sum
@@ -73,7 +73,7 @@ class Contingency:
 
 def encode(labels) -> tuple[np.ndarray, int]:
     """Labels of any hashable dtype as codes 0..n_labels-1 (sorted order), and n_labels."""
-    uniques, codes = np.unique(np.asarray(labels), return_inverse=True)
+    uniques, codes = np.unique(as_numpy(labels), return_inverse=True)
     return codes.ravel(), len(uniques)
 
 
@@ -126,14 +126,25 @@ def expected_mutual_information(row_sums, col_sums) -> float:
     a = np.asarray(row_sums, dtype=np.int64)
     b = np.asarray(col_sums, dtype=np.int64)
     a, b = a[a > 0], b[b > 0]
-    n = int(a.sum())
     if a.size <= 1 or b.size <= 1:
         return 0.0
     sizes_a, mult_a = np.unique(a, return_counts=True)
     sizes_b, mult_b = np.unique(b, return_counts=True)
-    A = np.repeat(sizes_a, len(sizes_b)).astype(np.float64)
-    B = np.tile(sizes_b, len(sizes_a)).astype(np.float64)
-    weight = np.outer(mult_a, mult_b).ravel().astype(np.float64)
+    table = emi_size_table(sizes_a, sizes_b, int(a.sum()))
+    return float(mult_a @ table @ mult_b)
+
+
+def emi_size_table(sizes_a, sizes_b, n: int) -> np.ndarray:
+    """EMI contribution of one class of each size in ``sizes_a`` meeting one cluster of each
+    size in ``sizes_b``, for N = ``n`` samples: float64 (len(sizes_a), len(sizes_b)).
+
+    EMI of two labelings is ``mult_a @ table @ mult_b`` with their size multiplicities,
+    so one table serves every pair of labelings of the same N.
+    """
+    sizes_a = np.asarray(sizes_a, dtype=np.float64)
+    sizes_b = np.asarray(sizes_b, dtype=np.float64)
+    A = np.repeat(sizes_a, len(sizes_b))
+    B = np.tile(sizes_b, len(sizes_a))
     # support of the hypergeometric count, cut to a window holding all but e^-50 of its mass
     lo = np.maximum(1.0, A + B - n)
     hi = np.minimum(A, B)
@@ -146,7 +157,7 @@ def expected_mutual_information(row_sums, col_sums) -> float:
         gammaln(A + 1) + gammaln(B + 1) + gammaln(n - A + 1) + gammaln(n - B + 1) - gammaln(n + 1)
     )
     log_n = log(n)
-    total = 0.0
+    sums = np.zeros(len(A))
     bounds = np.concatenate([[0], np.cumsum(length)])
     pair = 0
     while pair < len(A):
@@ -164,9 +175,9 @@ def expected_mutual_information(row_sums, col_sums) -> float:
             - gammaln(n - ai - bj + nij + 1)
         )
         terms = (nij / n) * (log_n + np.log(nij) - np.log(ai) - np.log(bj)) * np.exp(log_pmf)
-        total += float(np.dot(weight[idx], terms))
+        sums += np.bincount(idx, weights=terms, minlength=len(A))
         pair = end
-    return total
+    return sums.reshape(len(sizes_a), len(sizes_b))
 
 
 def _average(u: float, v: float, method: str) -> float:
@@ -182,14 +193,18 @@ def _average(u: float, v: float, method: str) -> float:
 
 
 # -- scores from a contingency table -----------------------------------------------
-def _ami(table: Contingency, average_method: str = "arithmetic") -> float:
+def _ami(
+    table: Contingency, average_method: str = "arithmetic", *, emi: float | None = None
+) -> float:
+    """AMI of ``table``; ``emi`` may be passed in when it was computed in bulk."""
     n_classes, n_clusters = table.row_sums.size, table.col_sums.size
     if n_classes == n_clusters == 1 or n_classes == n_clusters == 0:
         return 1.0
     if n_classes == 1 or n_clusters == 1:
         return 0.0
     mi = _mutual_info(table)
-    emi = expected_mutual_information(table.row_sums, table.col_sums)
+    if emi is None:
+        emi = expected_mutual_information(table.row_sums, table.col_sums)
     normalizer = _average(_entropy(table.row_sums), _entropy(table.col_sums), average_method)
     denominator = normalizer - emi
     denominator = min(denominator, -_EPS) if denominator < 0 else max(denominator, _EPS)

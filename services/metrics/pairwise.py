@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from services.metrics.clustering import SCORES_FROM_CONTINGENCY, Contingency, encode
+from services.metrics.clustering import (
+    SCORES_FROM_CONTINGENCY,
+    Contingency,
+    _ami,
+    emi_size_table,
+    encode,
+)
 
-PAIR_BLOCK_CELLS = 1 << 25  # cells of the contingency tables counted in one bincount
+PAIR_BLOCK_CELLS = 1 << 23  # cells of the contingency tables counted in one bincount
 
 
 def pairwise_scores(
@@ -45,6 +51,7 @@ def pairwise_scores(
         )
     m = len(coded)
     out = {metric: np.eye(m) for metric in metrics}
+    emi = _all_pairs_emi(coded) if "ami" in metrics else None
     counter = _TorchCounter(device) if device else None
     for i in range(m):
         codes_i, n_i = coded[i]
@@ -62,9 +69,25 @@ def pairwise_scores(
                 rows, cols = np.nonzero(counts[b])
                 table = Contingency.from_cells(rows, cols, counts[b][rows, cols], n_i, coded[j][1])
                 for metric in metrics:
+                    if metric == "ami":  # symmetric, with the EMI computed for all pairs at once
+                        out[metric][i, j] = out[metric][j, i] = _ami(table, emi=emi[i, j])
+                        continue
                     out[metric][i, j] = SCORES_FROM_CONTINGENCY[metric](table)
                     out[metric][j, i] = SCORES_FROM_CONTINGENCY[metric](_transpose(table))
     return out
+
+
+def _all_pairs_emi(coded) -> np.ndarray:
+    """EMI of every pair: multiplicities of each label size, through one shared size table."""
+    sizes = [np.bincount(codes, minlength=n_labels) for codes, n_labels in coded]
+    all_sizes = np.unique(np.concatenate(sizes))
+    all_sizes = all_sizes[all_sizes > 0]
+    multiplicity = np.zeros((len(sizes), len(all_sizes)))
+    for k, s in enumerate(sizes):
+        values, counts = np.unique(s[s > 0], return_counts=True)
+        multiplicity[k, np.searchsorted(all_sizes, values)] = counts
+    n = int(sizes[0].sum())
+    return multiplicity @ emi_size_table(all_sizes, all_sizes, n) @ multiplicity.T
 
 
 def _transpose(table: Contingency) -> Contingency:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from services.metrics._validation import check_embeddings
+from services.metrics._validation import as_numpy, check_embeddings
 
 
 class ClassStatistics:
@@ -24,59 +24,86 @@ class ClassStatistics:
 
     def __init__(self, *, track_scatter: bool = False):
         self.track_scatter = track_scatter
-        self._counts: dict = {}
-        self._sums: dict = {}
-        self._sq_norms: dict = {}
-        self._outer: dict = {}
         self.bytes_read = 0
+        self._index: dict = {}  # class id -> row of the arrays below
+        self._count = np.zeros(0, dtype=np.int64)
+        self._sum: np.ndarray | None = None
+        self._sq = np.zeros(0)
+        self._outer: np.ndarray | None = None
 
     def update(self, X, y) -> ClassStatistics:
-        self.bytes_read += np.asarray(X).nbytes
+        """Add one batch: X (n, d) any float dtype, y (n,) class ids."""
+        self.bytes_read += as_numpy(X).nbytes
         X, y = check_embeddings(X, y)
         classes, inverse = np.unique(y, return_inverse=True)
-        sums = np.zeros((len(classes), X.shape[1]))
-        np.add.at(sums, inverse, X)
-        counts = np.bincount(inverse, minlength=len(classes))
-        sq = np.bincount(inverse, weights=np.einsum("ij,ij->i", X, X), minlength=len(classes))
-        for k, c in enumerate(classes.tolist()):
-            self._counts[c] = self._counts.get(c, 0) + int(counts[k])
-            self._sums[c] = self._sums.get(c, 0) + sums[k]
-            self._sq_norms[c] = self._sq_norms.get(c, 0.0) + float(sq[k])
-            if self.track_scatter:
-                members = X[inverse == k]
-                self._outer[c] = self._outer.get(c, 0) + members.T @ members
+        order = np.argsort(inverse, kind="stable")
+        starts = np.searchsorted(inverse[order], np.arange(len(classes)))
+        sorted_X = X[order]
+        rows = self._rows(classes.tolist(), X.shape[1])
+        self._count[rows] += np.bincount(inverse, minlength=len(classes))
+        self._sum[rows] += np.add.reduceat(sorted_X, starts, axis=0)
+        self._sq[rows] += np.bincount(
+            inverse, weights=np.einsum("ij,ij->i", X, X), minlength=len(classes)
+        )
+        if self.track_scatter:
+            for k, (lo, hi) in enumerate(zip(starts, [*starts[1:], len(X)], strict=True)):
+                self._outer[rows[k]] += sorted_X[lo:hi].T @ sorted_X[lo:hi]
         return self
+
+    def _rows(self, classes: list, dim: int) -> np.ndarray:
+        new = [c for c in classes if c not in self._index]
+        if self._sum is None:
+            self._sum = np.zeros((0, dim))
+            self._outer = np.zeros((0, dim, dim)) if self.track_scatter else None
+        elif dim != self._sum.shape[1]:
+            raise ValueError(
+                f"batch has {dim} features but earlier batches had {self._sum.shape[1]}"
+            )
+        if new:
+            for c in new:
+                self._index[c] = len(self._index)
+            grow = len(new)
+            self._count = np.concatenate([self._count, np.zeros(grow, np.int64)])
+            self._sum = np.concatenate([self._sum, np.zeros((grow, dim))])
+            self._sq = np.concatenate([self._sq, np.zeros(grow)])
+            if self.track_scatter:
+                self._outer = np.concatenate([self._outer, np.zeros((grow, dim, dim))])
+        return np.array([self._index[c] for c in classes])
+
+    def _sorted_rows(self) -> np.ndarray:
+        return np.array([self._index[c] for c in self.classes], dtype=np.int64)
 
     @property
     def classes(self) -> np.ndarray:
-        return np.array(sorted(self._counts))
+        return np.array(sorted(self._index))
 
     @property
     def counts(self) -> np.ndarray:
-        return np.array([self._counts[c] for c in self.classes])
+        return self._count[self._sorted_rows()]
 
     @property
     def means(self) -> np.ndarray:
         """Class means, float64 (n_classes, d), in ``classes`` order."""
-        return np.stack([self._sums[c] / self._counts[c] for c in self.classes])
+        rows = self._sorted_rows()
+        return self._sum[rows] / self._count[rows, None]
+
+    @property
+    def mean_sq_norms(self) -> np.ndarray:
+        rows = self._sorted_rows()
+        return self._sq[rows] / self._count[rows]
 
     @property
     def variances(self) -> np.ndarray:
         """Per-class mean squared distance to the class mean, float64 (n_classes,)."""
         means = self.means
-        sq = np.array([self._sq_norms[c] / self._counts[c] for c in self.classes])
-        return np.maximum(sq - np.einsum("ij,ij->i", means, means), 0.0)
-
-    @property
-    def mean_sq_norms(self) -> np.ndarray:
-        return np.array([self._sq_norms[c] / self._counts[c] for c in self.classes])
+        return np.maximum(self.mean_sq_norms - np.einsum("ij,ij->i", means, means), 0.0)
 
     def within_scatter(self) -> np.ndarray:
         """S_W = (1/N) sum_c sum_{x in c} (x - mu_c)(x - mu_c)^T, float64 (d, d)."""
         if not self.track_scatter:
             raise ValueError("within_scatter needs ClassStatistics(track_scatter=True)")
         means, counts = self.means, self.counts
-        total = sum(self._outer[c] for c in self.classes) - (means.T * counts) @ means
+        total = self._outer.sum(axis=0) - (means.T * counts) @ means
         return total / counts.sum()
 
 

@@ -115,6 +115,21 @@ def test_ncc_matches_an_independent_recomputation(study):
     )
     assert stored == pytest.approx((nearest == y[test]).mean(), abs=1e-9)
 
+    # CDNV of the superclasses on the train split, from its definition
+    sup = rows.column("superclass").to_numpy()[train]
+    Xt = X[train].astype(np.float64)
+    mu = {c: Xt[sup == c].mean(0) for c in np.unique(sup)}
+    var = {c: ((Xt[sup == c] - mu[c]) ** 2).sum(1).mean() for c in mu}
+    expected = np.mean(
+        [(var[i] + var[j]) / (2 * ((mu[i] - mu[j]) ** 2).sum()) for i in mu for j in mu if i != j]
+    )
+    stored_cdnv = (
+        store.read(S.METRICS, filter=where(run_id=run_id, layer="fc2", metric="cdnv_superclass"))
+        .column("value")[0]
+        .as_py()
+    )
+    assert stored_cdnv == pytest.approx(expected, rel=1e-9)
+
 
 def test_cross_seed_ari_covers_every_layer_pair(study):
     _, store, _ = study

@@ -276,3 +276,28 @@ def test_linear_probe_and_clp_on_separable_blobs():
     X_test = centres[fine] + rng.randn(240, 10)
     assert linear_probe_accuracy(X, fine, X_test, fine) == 1.0
     assert cluster_and_linear_probe(X, coarse, [2, 2, 2], X_test, coarse, fine) == 1.0
+
+
+def test_torch_tensors_are_accepted_like_numpy():
+    torch = pytest.importorskip("torch")
+    rng = np.random.RandomState(0)
+    a, b = rng.randint(5, size=200), rng.randint(7, size=200)
+    X = rng.randn(200, 3)
+    assert adjusted_mutual_info_score(
+        torch.from_numpy(a), torch.from_numpy(b)
+    ) == adjusted_mutual_info_score(a, b)
+    assert cdnv(torch.from_numpy(X), torch.from_numpy(a)) == pytest.approx(cdnv(X, a))
+    assert pairwise_scores([torch.from_numpy(a), b])["ari"][0, 1] == pytest.approx(
+        adjusted_rand_score(a, b)
+    )
+
+
+@pytest.mark.gpu
+def test_gpu_arrays_and_device_counting_match_cpu():
+    torch = pytest.importorskip("torch")
+    rng = np.random.RandomState(0)
+    labelings = [rng.randint(50, size=10_000) for _ in range(4)]
+    on_gpu = [torch.from_numpy(x).cuda() for x in labelings]
+    cpu = pairwise_scores(labelings)
+    gpu = pairwise_scores(on_gpu, device="cuda")
+    np.testing.assert_allclose(gpu["ami"], cpu["ami"], atol=1e-12)
