@@ -158,6 +158,7 @@ class ClusterUnit:
     factors: tuple[int, ...]
     subclasses_per_superclass: tuple[int, ...]
     random_state: int = 0
+    backend: str = "auto"
 
     @property
     def unit_key(self) -> str:
@@ -190,7 +191,11 @@ def run_cluster_unit(store: EmbeddingStore, unit: ClusterUnit) -> list[PendingUn
     for scope, members, n_sub in groups:
         ks = {factor: n_sub * factor for factor in unit.factors}
         labels = cluster_for_ks(
-            X[members], unit.method, sorted(set(ks.values())), random_state=unit.random_state
+            X[members],
+            unit.method,
+            sorted(set(ks.values())),
+            random_state=unit.random_state,
+            backend=unit.backend,
         )
         for factor, k in ks.items():
             records.append(

@@ -228,7 +228,7 @@ def report(
     console.print(f"report: {page}")
 
 
-BENCHMARKS = ("metrics",)
+BENCHMARKS = ("cluster", "metrics")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -234,6 +234,7 @@ def cluster_units(spec: ExperimentSpec) -> list[ClusterUnit]:
                     factors=tuple(c.overclustering_factors),
                     subclasses_per_superclass=tuple(int(n) for n in per_super),
                     random_state=c.random_state,
+                    backend=c.backend,
                 )
             )
     return units
@@ -243,7 +244,9 @@ def cluster(
     spec: ExperimentSpec, store: EmbeddingStore, progress: Progress, counts: StageCounts
 ) -> None:
     committed = store.committed_keys(S.CLUSTERINGS)
-    task = cluster_task.options(num_cpus=spec.resources.worker_cpus)
+    task = cluster_task.options(
+        num_cpus=spec.resources.worker_cpus, num_gpus=spec.resources.worker_gpus
+    )
     pending = {
         task.remote(store, unit): None
         for unit in cluster_units(spec)

@@ -84,6 +84,16 @@ class ClusteringSpec(_Strict):
     )
     split: Literal["train", "test"] = "test"
     random_state: int = 0
+    backend: str = Field("auto", description="auto | scipy | torch | sklearn | cuml")
+
+    @model_validator(mode="after")
+    def _backend(self) -> ClusteringSpec:
+        from actors.clustering import select_backend
+
+        if self.backend != "auto":
+            for method in self.methods:
+                select_backend(self.backend, method=method)
+        return self
 
     @field_validator("methods")
     @classmethod
@@ -153,6 +163,9 @@ class ResourcesSpec(_Strict):
     trainer_cpus: float = Field(1, gt=0)
     trainer_gpus: float = Field(0, ge=0)
     worker_cpus: float = Field(1, gt=0)
+    worker_gpus: float = Field(
+        0, ge=0, description="GPUs per clustering/scoring task (cuML, torch Ward)"
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 

@@ -1,5 +1,7 @@
 import numpy as np
 import pytest
+from scipy.cluster.hierarchy import linkage as scipy_linkage
+from scipy.spatial.distance import pdist
 from sklearn import cluster as skc
 from sklearn.metrics import adjusted_rand_score
 
@@ -7,10 +9,12 @@ from actors.clustering import (
     AgglomerativeClustering,
     KMeans,
     cluster_for_ks,
+    condensed_euclidean,
     cut_linkage,
     l2_normalize,
     select_backend,
 )
+from actors.clustering.torch_ward import ward_linkage
 
 
 def blobs(n=200, d=8, centres=5, seed=0):
@@ -71,6 +75,9 @@ def test_cluster_for_ks_is_deterministic():
         (lambda: KMeans(2).fit(np.zeros(5)), "2-d array"),
         (lambda: cluster_for_ks(np.zeros((5, 2)), "dbscan", [2]), "unknown clustering method"),
         (lambda: select_backend("cuml-nope", method="ward"), "unknown clustering backend"),
+        (lambda: select_backend("torch", method="average"), "does not run 'average'"),
+        (lambda: select_backend("sklearn", method="ward"), "does not run 'ward'"),
+        (lambda: AgglomerativeClustering(2, backend="torch").fit(np.zeros((1, 2))), "n_samples=1"),
     ],
 )
 def test_bad_input_raises_clear_errors(make, message):
@@ -81,3 +88,71 @@ def test_bad_input_raises_clear_errors(make, message):
 def test_l2_normalize():
     X = np.array([[3.0, 4.0], [0.0, 0.0]])
     np.testing.assert_allclose(l2_normalize(X), [[0.6, 0.8], [0.0, 0.0]])
+
+
+@pytest.mark.parametrize("n, d", [(2, 3), (40, 2), (500, 32), (1200, 7)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_distances_equal_pdist(n, d, dtype):
+    X = np.random.RandomState(n).randn(n, d).astype(dtype)
+    np.testing.assert_allclose(
+        condensed_euclidean(X, block_rows=128), pdist(X.astype(np.float64)), rtol=1e-10, atol=1e-12
+    )
+
+
+def mixture(n, d, seed):
+    rng = np.random.RandomState(seed)
+    centres = rng.randn(max(2, n // 50), d) * 3
+    return (centres[rng.randint(len(centres), size=n)] + rng.randn(n, d)).astype(np.float32)
+
+
+@pytest.mark.parametrize("backend", ["scipy", "torch"])
+@pytest.mark.parametrize("n, d, seed", [(30, 2, 0), (400, 16, 1), (1500, 64, 2)])
+def test_ward_backends_reproduce_scipy(backend, n, d, seed):
+    X = mixture(n, d, seed)
+    reference = scipy_linkage(X.astype(np.float64), "ward")
+    model = AgglomerativeClustering(5, backend=backend).fit(X)
+    assert model.backend_ == backend
+    np.testing.assert_allclose(model.linkage_matrix_[:, 2], reference[:, 2], rtol=1e-9)
+    for k in (2, 5, n // 10, n // 2):
+        assert adjusted_rand_score(cut_linkage(reference, k), model.labels_for(k)) == 1.0
+
+
+def test_torch_ward_blocks_do_not_change_the_result():
+    X = mixture(300, 8, 3)
+    small, large = ward_linkage(X, block_rows=7), ward_linkage(X, block_rows=4096)
+    np.testing.assert_array_equal(small[:, [0, 1, 3]], large[:, [0, 1, 3]])
+    np.testing.assert_allclose(small[:, 2], large[:, 2], rtol=1e-12)
+
+
+def test_torch_ward_accepts_tensors():
+    torch = pytest.importorskip("torch")
+    X = mixture(200, 4, 4)
+    np.testing.assert_allclose(ward_linkage(torch.from_numpy(X)), ward_linkage(X))
+
+
+def test_auto_backend_is_cpu_without_cuda():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert select_backend("auto", method="ward") == "scipy"
+    assert select_backend("auto", method="kmeans") == "sklearn"
+
+
+def test_asking_for_cuml_without_it_names_the_fix():
+    try:
+        import cuml  # noqa: F401
+
+        pytest.skip("cuML is installed")
+    except ImportError:
+        pass
+    with pytest.raises(ValueError, match="needs RAPIDS cuML"):
+        select_backend("cuml", method="kmeans")
+
+
+@pytest.mark.gpu
+def test_torch_ward_on_cuda_matches_scipy():
+    X = mixture(3000, 32, 5)
+    reference = scipy_linkage(X.astype(np.float64), "ward")
+    Z = ward_linkage(X, device="cuda")
+    assert adjusted_rand_score(cut_linkage(reference, 100), cut_linkage(Z, 100)) == 1.0
