@@ -44,6 +44,7 @@ class RunPlan:
     seed: int
     splits: tuple[str, ...] = ("train", "test")
     device: str = "auto"
+    embedding_dtype: str = "float32"
 
     @property
     def run_id(self) -> str:
@@ -85,7 +86,10 @@ class TrainerWorker:
                     key = embedding_unit_key(plan.run_id, epoch, layer, split)
                     fragments[layer].append(
                         self.store.write_fragments(
-                            table, key, rows, S.embeddings_schema(values.shape[1])
+                            table,
+                            key,
+                            rows,
+                            S.embeddings_schema(values.shape[1], plan.embedding_dtype),
                         )
                     )
             pending.extend(_combine(parts) for parts in fragments.values())

@@ -171,6 +171,7 @@ def embeddings(
     split: str = typer.Option(None, "--split", help="train or test"),
     superclass: int = typer.Option(None, "--superclass"),
     dataset: str = typer.Option(None, "--dataset", help="dataset id (see `stratalens show`)"),
+    version: str = typer.Option(None, "--version", help="read an older version (number or tag)"),
     store: str = STORE_OPTION,
 ) -> None:
     """Export one layer's embeddings, filtered by key columns."""
@@ -186,6 +187,7 @@ def embeddings(
             experiment,
             arch,
             layer,
+            version=int(version) if version and version.isdigit() else version,
             seed=seed,
             epoch=epoch,
             split=split,
@@ -228,7 +230,23 @@ def report(
     console.print(f"report: {page}")
 
 
-BENCHMARKS = ("cluster", "metrics")
+@app.command()
+def compact(
+    store: str = STORE_OPTION,
+    keep_versions: int = typer.Option(1, "--keep-versions", min=1, help="newest versions to keep"),
+) -> None:
+    """Merge small fragments, rebuild key indices, delete old versions and orphan files.
+
+    Tagged versions are kept. Run it when no `stratalens run` is writing to the store.
+    """
+    opened = _open_existing(store)
+    removed = opened.compact(keep_versions=keep_versions)
+    console.print(
+        f"compacted {len(removed)} tables, removed {sum(removed.values()) / 2**20:.1f} MiB"
+    )
+
+
+BENCHMARKS = ("cluster", "metrics", "store")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -170,6 +170,7 @@ def run_plans(spec: ExperimentSpec) -> list[RunPlan]:
             training=spec.training.config(),
             seed=seed,
             device=spec.resources.device,
+            embedding_dtype=spec.storage.embedding_dtype,
         )
         for dataset, arch, seed in itertools.product(spec.datasets, spec.archs, spec.seeds)
     ]
@@ -204,6 +205,13 @@ def train_and_extract(
             pending[actor.extract.remote(epoch, missing)] = None
         pending[actor.finish.remote()] = _killer(actor)
     _drain("train + extract", pending, store, progress, counts)
+    if plans:
+        tables = {
+            embeddings_table(spec.experiment_id, p.arch, layer)
+            for p in plans
+            for layer in probe_layers(p.arch)
+        }
+        _optimize(store, tables | {S.RUNS})
 
 
 def _killer(actor) -> Callable[[], None]:
@@ -252,7 +260,10 @@ def cluster(
         for unit in cluster_units(spec)
         if unit.unit_key not in committed
     }
+    had_work = bool(pending)
     _drain("cluster", pending, store, progress, counts)
+    if had_work:
+        _optimize(store, {S.CLUSTERINGS})
 
 
 # -- stage 3: score --------------------------------------------------------------
@@ -276,7 +287,10 @@ def score(
     for unit in consistency_units(spec):
         if unit.unit_key not in done_pairs:
             pending[score_consistency_task.options(**opts).remote(store, unit)] = None
+    had_work = bool(pending)
     _drain("score", pending, store, progress, counts)
+    if had_work:
+        _optimize(store, {S.METRICS, S.PAIRS})
 
 
 def layer_units(spec: ExperimentSpec) -> list[LayerUnit]:
@@ -331,6 +345,12 @@ def consistency_units(spec: ExperimentSpec) -> list[ConsistencyUnit]:
 
 
 # -- shared machinery ------------------------------------------------------------
+def _optimize(store: EmbeddingStore, tables: set[str]) -> None:
+    """Compact and index the tables a stage wrote (its committers are all done)."""
+    for table in sorted(tables):
+        store.optimize(table)
+
+
 def _dataset_spec(spec: ExperimentSpec, plan: RunPlan):
     return next(d for d in spec.datasets if d.config() == plan.dataset)
 

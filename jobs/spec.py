@@ -157,6 +157,14 @@ def _known(value: list[str], allowed, what: str) -> list[str]:
     return value
 
 
+class StorageSpec(_Strict):
+    """How embeddings are stored."""
+
+    embedding_dtype: Literal["float32", "float16"] = Field(
+        "float32", description="float16 halves the bytes; reads return float32"
+    )
+
+
 class ResourcesSpec(_Strict):
     """Ray resource requests per worker."""
 
@@ -184,6 +192,7 @@ class ExperimentSpec(_Strict):
     )
     clustering: ClusteringSpec = Field(default_factory=ClusteringSpec)
     metrics: MetricsSpec = Field(default_factory=MetricsSpec)
+    storage: StorageSpec = Field(default_factory=StorageSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
 
     @field_validator("archs")

@@ -81,15 +81,21 @@ _RUN_KEYS = (
 )
 
 
-def embeddings_schema(dim: int) -> pa.Schema:
-    """Schema of an embeddings table whose vectors have ``dim`` float32 entries."""
+EMBEDDING_DTYPES = {"float32": pa.float32(), "float16": pa.float16()}
+
+
+def embeddings_schema(dim: int, dtype: str = "float32") -> pa.Schema:
+    """Schema of an embeddings table whose vectors have ``dim`` entries of ``dtype``
+    (float32, or float16 to halve the bytes)."""
+    if dtype not in EMBEDDING_DTYPES:
+        raise ValueError(f"embedding dtype {dtype!r} is not one of {list(EMBEDDING_DTYPES)}")
     return _schema(
         *_RUN_KEYS,
         ("split", pa.string()),
         ("sample_index", pa.int64()),
         ("subclass", pa.int32()),
         ("superclass", pa.int32()),
-        (EMBEDDING, pa.list_(pa.float32(), dim)),
+        (EMBEDDING, pa.list_(EMBEDDING_DTYPES[dtype], dim)),
     )
 
 

@@ -33,6 +33,24 @@ from storage.filters import where
 COMMIT_MAX_RETRIES = 5
 COMMIT_RETRY_BACKOFF_S = 0.2
 ROWS_PER_GROUP = 1024
+# Lance file format of new tables: 2.0 wrote 2.6x and read 1.3x faster than 2.2 for
+# 50,000 x 2,048 float32 vectors on the development machine.
+STORAGE_FORMAT = "2.0"
+# Key columns that queries filter on, and the scalar index each gets (see ``optimize``).
+KEY_INDICES = {
+    S.UNIT_KEY: "BTREE",
+    "sample_index": "BTREE",
+    "experiment_id": "BITMAP",
+    "run_id": "BITMAP",
+    "dataset_id": "BITMAP",
+    "seed": "BITMAP",
+    "epoch": "BITMAP",
+    "split": "BITMAP",
+    "superclass": "BITMAP",
+    "layer": "BITMAP",
+    "method": "BITMAP",
+    "metric": "BITMAP",
+}
 
 
 class StoreError(ValueError):
@@ -118,11 +136,15 @@ class EmbeddingStore:
         reader = pa.RecordBatchReader.from_batches(
             schema, counted.wrap(_prepare(table, unit_key, b, schema) for b in batches)
         )
+        existing = self.dataset(table)
         try:
             fragments = write_fragments(
                 reader,
                 self.uri(table),
                 schema=schema,
+                data_storage_version=(
+                    existing.data_storage_version if existing else STORAGE_FORMAT
+                ),
                 # "append" also works before the table exists; "create" would fail
                 # if the committer created the table while this worker was writing.
                 mode="append",
@@ -179,6 +201,51 @@ class EmbeddingStore:
             return False
         return self.commit(self.write_fragments(table, unit_key, data, schema))
 
+    def optimize(self, table: str) -> None:
+        """Merge small fragments and (re)build the scalar indices of the key columns.
+
+        Safe while readers are open (they keep their version); run it when no
+        stage of a run is committing to ``table``.
+        """
+        ds = self.dataset(table)
+        if ds is None or ds.count_rows() == 0:
+            return
+        ds.optimize.compact_files()
+        ds = self.dataset(table)
+        for column, index_type in KEY_INDICES.items():
+            if column in ds.schema.names and not pa.types.is_nested(ds.schema.field(column).type):
+                ds.create_scalar_index(column, index_type, replace=True)
+
+    def compact(self, *, keep_versions: int = 1) -> dict[str, int]:
+        """``optimize`` every table, then delete all but the newest ``keep_versions``
+        versions (tagged versions are kept) and unreferenced files, such as those a
+        killed worker wrote but never committed. Run it when no run is writing.
+
+        Returns the bytes removed per table.
+        """
+        removed = {}
+        for table in self.list_tables():
+            self.optimize(table)
+            stats = self.dataset(table).cleanup_old_versions(
+                retain_versions=keep_versions,
+                delete_unverified=True,
+                error_if_tagged_old_versions=False,
+            )
+            removed[table] = int(stats.bytes_removed)
+        return removed
+
+    def tag(self, table: str, name: str, version: int | None = None) -> int:
+        """Name a version of ``table`` (default: the current one) so it can be read later."""
+        ds = self.dataset(table)
+        if ds is None:
+            raise StoreError(f"table {table!r} does not exist in store {self.root!r}")
+        version = ds.version if version is None else version
+        if name in ds.tags.list():
+            ds.tags.update(name, version)
+        else:
+            ds.tags.create(name, version)
+        return version
+
     def committed_keys(self, table: str) -> set[str]:
         """Unit keys already visible in ``table``."""
         ds = self.dataset(table)
@@ -224,9 +291,13 @@ class EmbeddingStore:
         layer: str,
         *,
         columns: list[str] | None = None,
+        version: int | str | None = None,
         **conditions: Any,
     ) -> pa.Table:
-        """Embedding rows of one layer, filtered by key columns (run_id, seed, split, ...)."""
+        """Embedding rows of one layer, filtered by key columns (run_id, seed, split, ...).
+
+        ``version`` (a number or a tag) reads the table as it was then.
+        """
         table = S.embeddings_table(experiment_id, arch, layer)
         if not self.exists(table):
             known = sorted(
@@ -238,7 +309,12 @@ class EmbeddingStore:
                 f"no embeddings for experiment {experiment_id!r}, arch {arch!r}, layer "
                 f"{layer!r}; stored layers are {known or 'none'}"
             )
-        return self.read(table, columns=columns, filter=where(**conditions))
+        try:
+            return self.read(table, columns=columns, filter=where(**conditions), version=version)
+        except ValueError as exc:
+            if version is None:
+                raise
+            raise StoreError(f"table {table!r} has no version {version!r}: {exc}") from None
 
     # -- internals ------------------------------------------------------------
     def _filesystem(self) -> tuple[pafs.FileSystem, str]:
@@ -265,11 +341,23 @@ class EmbeddingStore:
         raise StoreError(f"table {table!r} is new, so write_fragments needs its schema")
 
 
-def embedding_matrix(rows: pa.Table, column: str = S.EMBEDDING) -> np.ndarray:
-    """The ``fixed_size_list<float32>[d]`` column of ``rows`` as a float32 array (n, d)."""
-    array = rows.column(column).combine_chunks()
-    dim = array.type.list_size
-    return array.values.to_numpy(zero_copy_only=False).reshape(-1, dim)
+def embedding_matrix(
+    rows: pa.Table, column: str = S.EMBEDDING, dtype: np.dtype | None = np.float32
+) -> np.ndarray:
+    """The ``fixed_size_list<float>[d]`` column of ``rows`` as an (n, d) array.
+
+    float16 tables are returned as float32 unless ``dtype=None`` (the stored dtype).
+    """
+    chunks = rows.column(column).chunks
+    dim = rows.schema.field(column).type.list_size
+    stored = rows.schema.field(column).type.value_type.to_pandas_dtype()
+    out = np.empty((rows.num_rows, dim), dtype=dtype or stored)
+    at = 0
+    for chunk in chunks:  # one copy per chunk, straight into the result
+        values = chunk.values.to_numpy(zero_copy_only=False).reshape(-1, dim)
+        out[at : at + len(values)] = values
+        at += len(values)
+    return out
 
 
 def _schema_mismatch(table: str, expected: pa.Schema, got: pa.Schema) -> str:
@@ -328,6 +416,9 @@ def _check_vectors(table: str, f: pa.Field, column: pa.Array) -> pa.Array:
             "fix the model or input before writing"
         )
     if not column.type.value_type.equals(f.type.value_type):
+        if pa.types.is_float16(f.type.value_type):
+            values = column.values.to_numpy(zero_copy_only=False).astype(np.float16)
+            return pa.FixedSizeListArray.from_arrays(pa.array(values), f.type.list_size)
         column = column.cast(f.type)
     return column
 

@@ -154,3 +154,53 @@ def test_store_root_is_plain_lance(store):
     store.write_unit(TABLE, "u1", rows(3)[0], S.embeddings_schema(4))
     assert lance.dataset(f"{store.root}/{TABLE}").count_rows() == 3
     assert EmbeddingStore(store.root).list_tables() == [TABLE]
+
+
+def test_float16_tables_halve_the_bytes_and_read_back_as_float32(store):
+    table, values = rows(50, dim=8)
+    store.write_unit(TABLE, "u1", table, S.embeddings_schema(8, "float16"))
+    got = store.embeddings("exp", "net", "fc")
+    assert got.schema.field("embedding").type == pa.list_(pa.float16(), 8)
+    matrix = embedding_matrix(got)
+    assert matrix.dtype == np.float32
+    np.testing.assert_allclose(matrix, values, rtol=1e-3)
+    assert embedding_matrix(got, dtype=None).dtype == np.float16
+
+
+def test_optimize_indexes_key_columns_and_keeps_every_row(store):
+    for i in range(4):
+        store.write_unit(TABLE, f"u{i}", rows(25, start=25 * i, seed=i)[0], S.embeddings_schema(4))
+    before = store.read(TABLE).sort_by("sample_index")
+    store.optimize(TABLE)
+    ds = store.dataset(TABLE)
+    indexed = {index["fields"][0] for index in ds.list_indices()}
+    assert len(ds.get_fragments()) == 1
+    assert {"sample_index", "run_id", "unit_key", "split", "seed"} <= indexed
+    assert store.read(TABLE).sort_by("sample_index").equals(before)
+    picked = store.read(TABLE, filter="sample_index IN (3, 77, 99)")
+    assert sorted(picked.column("sample_index").to_pylist()) == [3, 77, 99]
+    assert store.committed_keys(TABLE) == {"u0", "u1", "u2", "u3"}
+
+
+def test_tags_name_old_versions(store):
+    store.write_unit(TABLE, "u1", rows(3)[0], S.embeddings_schema(4))
+    store.tag(TABLE, "first")
+    store.write_unit(TABLE, "u2", rows(4, start=3)[0])
+    assert store.embeddings("exp", "net", "fc", version="first").num_rows == 3
+    with pytest.raises(StoreError, match="no version"):
+        store.embeddings("exp", "net", "fc", version="nope")
+
+
+def test_compact_removes_orphans_and_old_versions_but_no_rows(store):
+    import pathlib
+
+    for i in range(3):
+        store.write_unit(TABLE, f"u{i}", rows(10, start=10 * i)[0], S.embeddings_schema(4))
+    store.write_fragments(TABLE, "orphan", rows(10, start=30)[0])  # a killed worker's files
+    data_dir = pathlib.Path(store.uri(TABLE)) / "data"
+    files_before = len(list(data_dir.iterdir()))
+    removed = store.compact(keep_versions=1)
+    assert removed[TABLE] > 0
+    assert len(list(data_dir.iterdir())) < files_before
+    assert store.read(TABLE).num_rows == 30
+    assert store.write_unit(TABLE, "u1", rows(10)[0]) is False  # keys survive compaction

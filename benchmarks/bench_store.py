@@ -1,0 +1,184 @@
+"""`stratalens bench store`: the Lance store against NumPy files, measured in one run.
+
+On n x d float32 embeddings (default 50,000 x 2,048) on local disk:
+- ``write_vs_npsave``: ``np.save`` time / time to write and commit one embeddings unit;
+- ``read_vs_npload``: ``np.load`` time / time to read the layer back into a NumPy array;
+- ``take_1000_vs_scan``: time to fetch 1,000 random rows by ``sample_index`` (indexed
+  filter) / time of a full scan;
+- ``concurrent_speedup_8``: rows/s of 8 Ray tasks writing disjoint units at once over
+  rows/s of one task writing the same 8 units in turn (one committer in both cases);
+- ``exactly_once``: re-running the 8 committed units added no row.
+Ratios above 1 favour stratalens for the first two and ``concurrent_speedup_8``;
+``take_1000_vs_scan`` should be small.
+
+Usage: python benchmarks/bench_store.py [--json] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import ray
+
+from storage import EmbeddingStore, embedding_matrix, embeddings_table
+from storage import schema as S
+
+REPEATS = 2
+
+
+def unit_rows(X: np.ndarray, start: int, run: str) -> pa.Table:
+    n, d = X.shape
+    return pa.table(
+        {
+            "experiment_id": ["bench"] * n,
+            "run_id": [run] * n,
+            "dataset_id": ["synthetic"] * n,
+            "arch": ["net"] * n,
+            "seed": pa.array(np.zeros(n, np.int32)),
+            "epoch": pa.array(np.ones(n, np.int32)),
+            "split": ["test"] * n,
+            "sample_index": pa.array(np.arange(start, start + n, dtype=np.int64)),
+            "subclass": pa.array(np.zeros(n, np.int32)),
+            "superclass": pa.array(np.zeros(n, np.int32)),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(X.ravel()), d),
+        }
+    )
+
+
+def best_of(fn, repeats: int = REPEATS) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def bench_single(X: np.ndarray, root: Path) -> dict:
+    table = embeddings_table("bench", "net", "layer")
+    np_path = root / "x.npy"
+    save_s = best_of(lambda: np.save(np_path, X))
+    load_s = best_of(lambda: np.load(np_path))
+
+    def write():
+        shutil.rmtree(root / "store", ignore_errors=True)
+        store = EmbeddingStore(str(root / "store"))
+        store.write_unit(table, "u", unit_rows(X, 0, "r0"), S.embeddings_schema(X.shape[1]))
+
+    write_s = best_of(write)
+    store = EmbeddingStore(str(root / "store"))
+    read_s = best_of(lambda: embedding_matrix(store.embeddings("bench", "net", "layer")))
+    assert np.array_equal(embedding_matrix(store.embeddings("bench", "net", "layer")), X)
+    store.optimize(table)
+    picks = np.random.RandomState(0).choice(len(X), 1000, replace=False)
+    take_filter = f"sample_index IN ({', '.join(map(str, picks))})"
+    take_s = best_of(
+        lambda: store.read(table, columns=["sample_index", "embedding"], filter=take_filter)
+    )
+    got = store.read(table, columns=["sample_index", "embedding"], filter=take_filter)
+    assert sorted(got.column("sample_index").to_pylist()) == sorted(picks.tolist())
+    return {
+        "np_save_seconds": save_s,
+        "np_load_seconds": load_s,
+        "write_seconds": write_s,
+        "read_seconds": read_s,
+        "take_1000_seconds": take_s,
+        "write_vs_npsave": save_s / write_s,
+        "read_vs_npload": load_s / read_s,
+        "take_1000_vs_scan": take_s / read_s,
+    }
+
+
+@ray.remote(num_cpus=0.25)
+def write_units(store: EmbeddingStore, X_ref, starts: list[int], per: int):
+    X = X_ref
+    return [
+        store.write_fragments(
+            embeddings_table("bench", "net", "concurrent"),
+            f"unit{start}",
+            unit_rows(X[start : start + per], start, f"r{start}"),
+            S.embeddings_schema(X.shape[1]),
+        )
+        for start in starts
+    ]
+
+
+def bench_concurrent(X: np.ndarray, root: Path, writers: int = 8) -> dict:
+    from jobs.pipeline import init_ray
+
+    init_ray(None)
+    per = len(X) // writers
+    starts = [w * per for w in range(writers)]
+    X_ref = ray.put(X)
+    table = embeddings_table("bench", "net", "concurrent")
+
+    def run(parallel: bool) -> EmbeddingStore:
+        shutil.rmtree(root / "cstore", ignore_errors=True)
+        store = EmbeddingStore(str(root / "cstore"))
+        if parallel:
+            refs = [write_units.remote(store, X_ref, [s], per) for s in starts]
+        else:
+            refs = [write_units.remote(store, X_ref, starts, per)]
+        for units in ray.get(refs):
+            for unit in units:
+                store.commit(unit)
+        return store
+
+    one_s = best_of(lambda: run(parallel=False))
+    many_s = best_of(lambda: run(parallel=True))
+    store = run(parallel=True)
+    rows_before, version = (
+        store.read(table, columns=["sample_index"]).num_rows,
+        store.version(table),
+    )
+    rerun = [
+        store.commit(u)
+        for units in ray.get([write_units.remote(store, X_ref, [s], per) for s in starts])
+        for u in units
+    ]
+    rows_after = store.read(table, columns=["sample_index"]).num_rows
+    index = store.read(table, columns=["sample_index"]).column(0).to_numpy()
+    return {
+        "one_writer_seconds": one_s,
+        "eight_writers_seconds": many_s,
+        "concurrent_speedup_8": one_s / many_s,
+        "all_rows_once": bool(len(np.unique(index)) == len(index) == per * writers),
+        "exactly_once": bool(
+            not any(rerun) and rows_after == rows_before and store.version(table) == version
+        ),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
+    args = parser.parse_args(argv)
+    n, d = (4_000, 128) if args.quick else (50_000, 2_048)
+    X = np.random.RandomState(0).rand(n, d).astype(np.float32)
+    with tempfile.TemporaryDirectory(prefix="stratalens-bench-") as tmp:
+        results = {"n": n, "d": d}
+        results |= bench_single(X, Path(tmp))
+        results |= bench_concurrent(X, Path(tmp))
+    if args.json:
+        print(json.dumps(results))
+    else:
+        width = max(map(len, results))
+        for key, value in results.items():
+            print(
+                f"{key:<{width}}  {value:.4g}"
+                if isinstance(value, float)
+                else f"{key:<{width}}  {value}"
+            )
+    return results
+
+
+if __name__ == "__main__":
+    main()
