@@ -37,6 +37,10 @@ def _open_existing(store: str) -> EmbeddingStore:
     opened = EmbeddingStore(store)
     if "://" not in store and not Path(store).exists():
         _fail(f"store {store!r} does not exist; run `stratalens run SPEC` first or pass --store")
+    try:
+        opened.check_reachable()
+    except StoreError as exc:
+        _fail(str(exc))
     return opened
 
 
@@ -57,6 +61,7 @@ def run(
 
     try:
         spec = ExperimentSpec.from_yaml(spec_path)
+        EmbeddingStore(store).check_reachable()
         start = time.perf_counter()
         counts = run_experiment(
             spec, EmbeddingStore(store), address=address, fresh=fresh, console=err_console

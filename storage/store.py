@@ -316,10 +316,32 @@ class EmbeddingStore:
                 raise
             raise StoreError(f"table {table!r} has no version {version!r}: {exc}") from None
 
+    def check_reachable(self) -> None:
+        """Raise one clear StoreError when an object-store root's bucket cannot be reached."""
+        if "://" not in self.root:
+            return
+        fs, base = self._filesystem()
+        bucket = base.split("/")[0]
+        try:
+            info = fs.get_file_info(bucket)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot reach store {self.root!r} ({str(exc).splitlines()[0]}); "
+                "check the endpoint and credentials"
+            ) from None
+        if info.type == pafs.FileType.NotFound:
+            raise StoreError(
+                f"bucket {bucket!r} of store {self.root!r} does not exist; create it or fix --store"
+            )
+
     # -- internals ------------------------------------------------------------
     def _filesystem(self) -> tuple[pafs.FileSystem, str]:
+        """A pyarrow filesystem for listing and deleting tables, configured like Lance."""
         if "://" not in self.root:
             return pafs.LocalFileSystem(), os.path.abspath(self.root)
+        scheme, _, path = self.root.partition("://")
+        if scheme == "s3":
+            return pafs.S3FileSystem(**_s3_options(self.storage_options or {})), path.rstrip("/")
         fs, path = pafs.FileSystem.from_uri(self.root)
         return fs, path.rstrip("/")
 
@@ -339,6 +361,26 @@ class EmbeddingStore:
         if table in S.FIXED_SCHEMAS:
             return S.FIXED_SCHEMAS[table]
         raise StoreError(f"table {table!r} is new, so write_fragments needs its schema")
+
+
+def _s3_options(options: dict[str, str]) -> dict[str, str]:
+    """pyarrow ``S3FileSystem`` arguments from Lance storage options, else the environment."""
+
+    def pick(*names: str) -> str | None:
+        for name in names:
+            value = options.get(name) or os.environ.get(name.upper())
+            if value:
+                return value
+        return None
+
+    kwargs = {
+        "access_key": pick("aws_access_key_id"),
+        "secret_key": pick("aws_secret_access_key"),
+        "session_token": pick("aws_session_token"),
+        "region": pick("aws_region", "aws_default_region"),
+        "endpoint_override": pick("aws_endpoint", "aws_endpoint_url"),
+    }
+    return {key: value for key, value in kwargs.items() if value}
 
 
 def embedding_matrix(

@@ -1,0 +1,152 @@
+"""The store on an object store: a real S3-compatible server (moto) on loopback."""
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from storage import EmbeddingStore, StoreError, embedding_matrix, embeddings_table
+from storage import schema as S
+
+pytest.importorskip("moto", reason="moto[server] (a dev extra) provides the S3 server")
+TABLE = embeddings_table("exp", "net", "fc")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    port = free_port()
+    server = shutil.which("moto_server")
+    command = [server] if server else [sys.executable, "-m", "moto.server"]
+    process = subprocess.Popen(
+        [*command, "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(endpoint, timeout=1)
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                process.kill()
+                pytest.fail("the S3 test server did not start")
+            time.sleep(0.2)
+    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/stratalens", method="PUT"))
+    yield endpoint
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture
+def s3_store(s3_endpoint, request):
+    options = {
+        "aws_endpoint": s3_endpoint,
+        "allow_http": "true",
+        "aws_access_key_id": "test",
+        "aws_secret_access_key": "test",
+        "aws_region": "us-east-1",
+    }
+    return EmbeddingStore(f"s3://stratalens/{request.node.name}", storage_options=options)
+
+
+def rows(n: int, start: int = 0, dim: int = 4) -> tuple[pa.Table, np.ndarray]:
+    values = np.random.default_rng(start).random((n, dim), dtype=np.float32)
+    table = pa.table(
+        {
+            "experiment_id": ["exp"] * n,
+            "run_id": ["r0"] * n,
+            "dataset_id": ["d"] * n,
+            "arch": ["net"] * n,
+            "seed": pa.array(np.zeros(n, np.int32)),
+            "epoch": pa.array(np.ones(n, np.int32)),
+            "split": ["test"] * n,
+            "sample_index": pa.array(np.arange(start, start + n)),
+            "subclass": pa.array(np.zeros(n, np.int32)),
+            "superclass": pa.array(np.zeros(n, np.int32)),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(values.ravel()), dim),
+        }
+    )
+    return table, values
+
+
+def test_units_commit_once_and_read_back(s3_store):
+    table, values = rows(20)
+    assert s3_store.write_unit(TABLE, "u1", table, S.embeddings_schema(4))
+    assert not s3_store.write_unit(TABLE, "u1", table)
+    np.testing.assert_array_equal(embedding_matrix(s3_store.embeddings("exp", "net", "fc")), values)
+    assert s3_store.list_tables() == [TABLE]
+    assert s3_store.committed_keys(TABLE) == {"u1"}
+
+
+def test_bad_input_leaves_the_object_store_unchanged(s3_store):
+    s3_store.write_unit(TABLE, "u1", rows(5)[0], S.embeddings_schema(4))
+    version = s3_store.version(TABLE)
+    with pytest.raises(StoreError, match="dimension 3"):
+        s3_store.write_unit(TABLE, "u2", rows(5, dim=3)[0])
+    assert s3_store.version(TABLE) == version
+
+
+def test_delete_and_compact_on_the_object_store(s3_store):
+    s3_store.write_unit(TABLE, "u1", rows(5)[0], S.embeddings_schema(4))
+    s3_store.write_unit(TABLE, "u2", rows(5, start=5)[0])
+    s3_store.compact()
+    assert s3_store.read(TABLE).num_rows == 10
+    s3_store.delete_experiment("exp")
+    assert s3_store.list_tables() == []
+
+
+@pytest.mark.integration
+def test_pipeline_runs_against_the_object_store(s3_store, local_ray):
+    from jobs.pipeline import run_experiment
+    from jobs.spec import ExperimentSpec
+
+    spec = ExperimentSpec.from_dict(
+        {
+            "name": "s3",
+            "datasets": [{"name": "digits", "hierarchy": "coarse"}],
+            "archs": ["small_cnn"],
+            "seeds": [0, 1],
+            "training": {"epochs": 1},
+            "clustering": {"methods": ["ward"]},
+        }
+    )
+    counts = run_experiment(spec, s3_store)
+    assert counts.committed["cluster"] == 2 * 6
+    assert s3_store.read(S.RUNS).num_rows == 2
+    assert run_experiment(spec, s3_store).committed == {}
+
+
+def test_missing_bucket_is_one_clear_error(s3_endpoint, monkeypatch):
+    from typer.testing import CliRunner
+
+    from jobs.cli import app
+
+    options = {"aws_endpoint": s3_endpoint, "aws_access_key_id": "t", "aws_secret_access_key": "t"}
+    missing = EmbeddingStore("s3://no-such-bucket/x", storage_options=options)
+    with pytest.raises(StoreError, match="bucket 'no-such-bucket' .* does not exist"):
+        missing.check_reachable()
+    for name, value in {
+        "AWS_ENDPOINT_URL": s3_endpoint,
+        "AWS_ACCESS_KEY_ID": "t",
+        "AWS_SECRET_ACCESS_KEY": "t",
+        "AWS_REGION": "us-east-1",
+        "AWS_ALLOW_HTTP": "true",
+    }.items():
+        monkeypatch.setenv(name, value)
+    result = CliRunner().invoke(app, ["ls", "--store", "s3://no-such-bucket/x"])
+    assert result.exit_code == 2
+    assert "does not exist" in result.output
