@@ -118,24 +118,19 @@ class TrainerWorker:
         return [self.store.write_fragments(S.RUNS, plan.run_id, table)]
 
     def _embedding_rows(self, epoch, split, index, subclass, superclass, values) -> pa.Table:
-        n, dim = values.shape
         plan = self.plan
-        return pa.table(
-            {
-                "experiment_id": pa.array([plan.experiment_id] * n),
-                "run_id": pa.array([plan.run_id] * n),
-                "dataset_id": pa.array([plan.dataset.dataset_id] * n),
-                "arch": pa.array([plan.arch] * n),
-                "seed": pa.array(np.full(n, plan.seed, np.int32)),
-                "epoch": pa.array(np.full(n, epoch, np.int32)),
-                "split": pa.array([split] * n),
-                "sample_index": pa.array(index.astype(np.int64)),
-                "subclass": pa.array(subclass[index].astype(np.int32)),
-                "superclass": pa.array(superclass[index].astype(np.int32)),
-                S.EMBEDDING: pa.FixedSizeListArray.from_arrays(
-                    pa.array(values.astype(np.float32, copy=False).ravel()), dim
-                ),
-            }
+        return S.embedding_rows(
+            values,
+            sample_index=index,
+            subclass=subclass[index],
+            superclass=superclass[index],
+            experiment_id=plan.experiment_id,
+            run_id=plan.run_id,
+            dataset_id=plan.dataset.dataset_id,
+            arch=plan.arch,
+            seed=plan.seed,
+            epoch=epoch,
+            split=split,
         )
 
 

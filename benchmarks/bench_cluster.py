@@ -13,7 +13,6 @@ Usage: python benchmarks/bench_cluster.py [--json] [--quick]
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+from common import parse_args, report  # benchmarks/ is on sys.path
 from sklearn.metrics import adjusted_rand_score
 
 # Runs in a child process: fit, then report seconds and peak RSS growth during the fit.
@@ -146,10 +146,7 @@ def bench_gpu(quick: bool) -> dict:  # pragma: no cover - needs CUDA
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
-    args = parser.parse_args(argv)
+    args = parse_args(__doc__, argv)
     import torch
 
     with tempfile.TemporaryDirectory(prefix="stratalens-bench-") as tmp:
@@ -163,17 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
     results["cuda"] = torch.cuda.is_available()
     if results["cuda"]:
         results |= bench_gpu(args.quick)
-    if args.json:
-        print(json.dumps(results))
-    else:
-        width = max(map(len, results))
-        for key, value in results.items():
-            print(
-                f"{key:<{width}}  {value:.4g}"
-                if isinstance(value, float)
-                else f"{key:<{width}}  {value}"
-            )
-    return results
+    return report(results, args.json)
 
 
 if __name__ == "__main__":

@@ -14,14 +14,13 @@ Usage: python benchmarks/bench_metrics.py [--json] [--quick]
 
 from __future__ import annotations
 
-import argparse
-import json
 import shutil
 import tempfile
 import time
 
 import numpy as np
 import pyarrow as pa
+from common import parse_args, report  # benchmarks/ is on sys.path
 from sklearn import metrics as skm
 
 from services.metrics import (
@@ -176,27 +175,13 @@ def bench_ncc_cdnv(tables: int, n: int, d: int, classes: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
-    parser.add_argument("--sklearn-pairs", type=int, default=6)
-    args = parser.parse_args(argv)
+    args = parse_args(__doc__, argv, sklearn_pairs=6)
     n, k, tables, d = (5_000, 100, 4, 64) if args.quick else (50_000, 1_000, 48, 512)
     results = {"n": n, "labels": k}
     results |= bench_ami(n, k)
     results |= bench_pairs(n, k, 48 if not args.quick else 6, args.sklearn_pairs)
     results |= bench_ncc_cdnv(tables, n, d, classes=100 if not args.quick else 10)
-    if args.json:
-        print(json.dumps(results))
-    else:
-        width = max(map(len, results))
-        for key, value in results.items():
-            print(
-                f"{key:<{width}}  {value:.4g}"
-                if isinstance(value, float)
-                else f"{key:<{width}}  {value}"
-            )
-    return results
+    return report(results, args.json)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,6 @@ Usage: python benchmarks/bench_store.py [--json] [--quick]
 
 from __future__ import annotations
 
-import argparse
-import json
 import shutil
 import tempfile
 import time
@@ -26,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import ray
+from common import parse_args, report  # benchmarks/ is on sys.path
 
 from storage import EmbeddingStore, embedding_matrix, embeddings_table
 from storage import schema as S
@@ -34,21 +33,18 @@ REPEATS = 2
 
 
 def unit_rows(X: np.ndarray, start: int, run: str) -> pa.Table:
-    n, d = X.shape
-    return pa.table(
-        {
-            "experiment_id": ["bench"] * n,
-            "run_id": [run] * n,
-            "dataset_id": ["synthetic"] * n,
-            "arch": ["net"] * n,
-            "seed": pa.array(np.zeros(n, np.int32)),
-            "epoch": pa.array(np.ones(n, np.int32)),
-            "split": ["test"] * n,
-            "sample_index": pa.array(np.arange(start, start + n, dtype=np.int64)),
-            "subclass": pa.array(np.zeros(n, np.int32)),
-            "superclass": pa.array(np.zeros(n, np.int32)),
-            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(X.ravel()), d),
-        }
+    return S.embedding_rows(
+        X,
+        sample_index=np.arange(start, start + len(X)),
+        subclass=np.zeros(len(X)),
+        superclass=np.zeros(len(X)),
+        experiment_id="bench",
+        run_id=run,
+        dataset_id="synthetic",
+        arch="net",
+        seed=0,
+        epoch=1,
+        split="test",
     )
 
 
@@ -157,27 +153,14 @@ def bench_concurrent(X: np.ndarray, root: Path, writers: int = 8) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
-    args = parser.parse_args(argv)
+    args = parse_args(__doc__, argv)
     n, d = (4_000, 128) if args.quick else (50_000, 2_048)
     X = np.random.RandomState(0).rand(n, d).astype(np.float32)
     with tempfile.TemporaryDirectory(prefix="stratalens-bench-") as tmp:
         results = {"n": n, "d": d}
         results |= bench_single(X, Path(tmp))
         results |= bench_concurrent(X, Path(tmp))
-    if args.json:
-        print(json.dumps(results))
-    else:
-        width = max(map(len, results))
-        for key, value in results.items():
-            print(
-                f"{key:<{width}}  {value:.4g}"
-                if isinstance(value, float)
-                else f"{key:<{width}}  {value}"
-            )
-    return results
+    return report(results, args.json)
 
 
 if __name__ == "__main__":

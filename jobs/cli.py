@@ -268,6 +268,7 @@ def bench(
     if not script.is_file():
         _fail(f"{script} is missing; run benchmarks from a source checkout (pip install -e .)")
     sys.argv = [str(script), *ctx.args]
+    sys.path.insert(0, str(script.parent))  # as `python benchmarks/bench_x.py` would
     runpy.run_path(str(script), run_name="__main__")
 
 

@@ -8,6 +8,7 @@ committed at most once (see :mod:`storage.store`).
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 
 EXPERIMENTS = "experiments"
@@ -96,6 +97,45 @@ def embeddings_schema(dim: int, dtype: str = "float32") -> pa.Schema:
         ("subclass", pa.int32()),
         ("superclass", pa.int32()),
         (EMBEDDING, pa.list_(EMBEDDING_DTYPES[dtype], dim)),
+    )
+
+
+def embedding_rows(
+    values: np.ndarray,
+    *,
+    sample_index,
+    subclass,
+    superclass,
+    experiment_id: str,
+    run_id: str,
+    dataset_id: str,
+    arch: str,
+    seed: int,
+    epoch: int,
+    split: str,
+) -> pa.Table:
+    """The Arrow rows of an embeddings unit: one row per sample, ``values`` (n, d) float."""
+    n, dim = values.shape
+
+    def repeat(value, dtype):
+        return pa.array(np.full(n, value), dtype) if dtype != pa.string() else pa.array([value] * n)
+
+    return pa.table(
+        {
+            "experiment_id": repeat(experiment_id, pa.string()),
+            "run_id": repeat(run_id, pa.string()),
+            "dataset_id": repeat(dataset_id, pa.string()),
+            "arch": repeat(arch, pa.string()),
+            "seed": repeat(seed, pa.int32()),
+            "epoch": repeat(epoch, pa.int32()),
+            "split": repeat(split, pa.string()),
+            "sample_index": pa.array(np.asarray(sample_index, dtype=np.int64)),
+            "subclass": pa.array(np.asarray(subclass, dtype=np.int32)),
+            "superclass": pa.array(np.asarray(superclass, dtype=np.int32)),
+            EMBEDDING: pa.FixedSizeListArray.from_arrays(
+                pa.array(np.ascontiguousarray(values).ravel()), dim
+            ),
+        }
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from actors.clustering.backends import select_backend
+from actors.clustering.backends import cuda_available, select_backend
 from actors.clustering.distances import condensed_bytes, condensed_euclidean
 
 LINKAGES = ("ward", "average", "complete", "single")
@@ -64,27 +64,15 @@ def linkage_matrix(X: np.ndarray, method: str, backend: str, device=None) -> np.
     if backend == "torch":
         from actors.clustering.torch_ward import ward_linkage
 
-        return ward_linkage(X, device=device or ("cuda" if _cuda() else "cpu"))
-    try:
+        return ward_linkage(X, device=device or ("cuda" if cuda_available() else "cpu"))
+    if method in ("ward", "single") and condensed_bytes(len(X)) > CONDENSED_MEMORY_BUDGET_BYTES:
         import fastcluster
-    except ImportError:  # pragma: no cover - fastcluster is a dependency
-        fastcluster = None
-    if (
-        fastcluster is not None
-        and method in ("ward", "single")
-        and condensed_bytes(len(X)) > CONDENSED_MEMORY_BUDGET_BYTES
-    ):
+
         return fastcluster.linkage_vector(np.asarray(X, dtype=np.float64), method=method)
     from actors.clustering.nn_chain import nn_chain_linkage
 
     # SciPy's algorithm, overwriting the one copy of the distances
     return nn_chain_linkage(condensed_euclidean(X), len(X), method)
-
-
-def _cuda() -> bool:
-    from actors.clustering.backends import cuda_available
-
-    return cuda_available()
 
 
 class AgglomerativeClustering:
@@ -95,8 +83,8 @@ class AgglomerativeClustering:
     n_clusters : int, default=2
     linkage : {"ward", "average", "complete", "single"}, default="ward"
     backend : {"auto", "scipy", "torch", "cuml"}, default="auto"
-        ``scipy``: distances by blocked GEMM, then fastcluster (SciPy's algorithms,
-        in place); ``torch``: exact RNN Ward on CUDA or CPU; ``cuml``: single
+        ``scipy``: distances by tiled float64 GEMM, then SciPy's NN-chain algorithm
+        (compiled, in place); ``torch``: exact RNN Ward on CUDA or CPU; ``cuml``: single
         linkage on the GPU (labels only: each k is a new fit).
     device : str, optional
         torch device for the ``torch`` backend.

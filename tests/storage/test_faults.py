@@ -8,7 +8,6 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pytest
 
 from storage import EmbeddingStore, embeddings_table
@@ -98,20 +97,18 @@ def test_eight_concurrent_ray_writers_commit_every_row_once(store, local_ray):
     def write(store: EmbeddingStore, start: int):
         n = 100
         values = np.random.default_rng(start).random((n, DIM), dtype=np.float32)
-        rows = pa.table(
-            {
-                "experiment_id": ["exp"] * n,
-                "run_id": [f"r{start}"] * n,
-                "dataset_id": ["d"] * n,
-                "arch": ["net"] * n,
-                "seed": pa.array(np.zeros(n, np.int32)),
-                "epoch": pa.array(np.ones(n, np.int32)),
-                "split": ["test"] * n,
-                "sample_index": pa.array(np.arange(start, start + n)),
-                "subclass": pa.array(np.zeros(n, np.int32)),
-                "superclass": pa.array(np.zeros(n, np.int32)),
-                "embedding": pa.FixedSizeListArray.from_arrays(pa.array(values.ravel()), DIM),
-            }
+        rows = S.embedding_rows(
+            values,
+            sample_index=np.arange(start, start + n),
+            subclass=np.zeros(n),
+            superclass=np.zeros(n),
+            experiment_id="exp",
+            run_id=f"r{start}",
+            dataset_id="d",
+            arch="net",
+            seed=0,
+            epoch=1,
+            split="test",
         )
         return store.write_fragments(TABLE, f"unit{start}", rows, S.embeddings_schema(DIM))
 

@@ -65,20 +65,18 @@ def s3_store(s3_endpoint, request):
 
 def rows(n: int, start: int = 0, dim: int = 4) -> tuple[pa.Table, np.ndarray]:
     values = np.random.default_rng(start).random((n, dim), dtype=np.float32)
-    table = pa.table(
-        {
-            "experiment_id": ["exp"] * n,
-            "run_id": ["r0"] * n,
-            "dataset_id": ["d"] * n,
-            "arch": ["net"] * n,
-            "seed": pa.array(np.zeros(n, np.int32)),
-            "epoch": pa.array(np.ones(n, np.int32)),
-            "split": ["test"] * n,
-            "sample_index": pa.array(np.arange(start, start + n)),
-            "subclass": pa.array(np.zeros(n, np.int32)),
-            "superclass": pa.array(np.zeros(n, np.int32)),
-            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(values.ravel()), dim),
-        }
+    table = S.embedding_rows(
+        values,
+        sample_index=np.arange(start, start + n),
+        subclass=np.zeros(n),
+        superclass=np.zeros(n),
+        experiment_id="exp",
+        run_id="r0",
+        dataset_id="d",
+        arch="net",
+        seed=0,
+        epoch=1,
+        split="test",
     )
     return table, values
 

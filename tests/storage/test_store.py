@@ -13,21 +13,20 @@ def rows(
     n: int, dim: int = 4, *, split: str = "test", run: str = "r0", start: int = 0, seed: int = 0
 ):
     values = np.random.RandomState(seed).rand(n, dim).astype(np.float32)
-    return pa.table(
-        {
-            "experiment_id": ["exp"] * n,
-            "run_id": [run] * n,
-            "dataset_id": ["d"] * n,
-            "arch": ["net"] * n,
-            "seed": pa.array(np.zeros(n, np.int32)),
-            "epoch": pa.array(np.ones(n, np.int32)),
-            "split": [split] * n,
-            "sample_index": pa.array(np.arange(start, start + n)),
-            "subclass": pa.array(np.arange(n) % 3, pa.int32()),
-            "superclass": pa.array(np.arange(n) % 2, pa.int32()),
-            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(values.ravel()), dim),
-        }
-    ), values
+    table = S.embedding_rows(
+        values,
+        sample_index=np.arange(start, start + n),
+        subclass=np.arange(n) % 3,
+        superclass=np.arange(n) % 2,
+        experiment_id="exp",
+        run_id=run,
+        dataset_id="d",
+        arch="net",
+        seed=0,
+        epoch=1,
+        split=split,
+    )
+    return table, values
 
 
 def test_roundtrip_and_filters(store):
