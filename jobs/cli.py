@@ -80,6 +80,16 @@ def run(
     )
 
 
+@app.command()
+def schema() -> None:
+    """Print the JSON schema of experiment specs (for editors and validators)."""
+    import json
+
+    from jobs.spec import ExperimentSpec
+
+    print(json.dumps(ExperimentSpec.model_json_schema(), indent=2))
+
+
 @app.command("ls")
 def list_experiments(store: str = STORE_OPTION) -> None:
     """List the experiments in a store."""

@@ -16,6 +16,15 @@ def test_help_lists_commands():
         assert command in result.output
 
 
+def test_schema_command_prints_the_spec_json_schema():
+    import json
+
+    result = runner.invoke(app, ["schema"])
+    assert result.exit_code == 0
+    schema = json.loads(result.output)
+    assert {"name", "datasets", "archs", "seeds"} <= set(schema["properties"])
+
+
 def test_missing_spec_file(tmp_path):
     result = runner.invoke(
         app, ["run", str(tmp_path / "nope.yaml"), "--store", str(tmp_path / "s")]
