@@ -20,7 +20,7 @@ import ray
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from actors.models import create_model
+from actors.models import probe_layers
 from actors.workers import (
     ClusterUnit,
     RunPlan,
@@ -155,11 +155,6 @@ def write_samples(spec: ExperimentSpec, store: EmbeddingStore, counts: StageCoun
 
 
 # -- stage 1: train and extract --------------------------------------------------
-def probe_layers(arch: str) -> tuple[str, ...]:
-    """The layers extracted for ``arch`` (from the model registry)."""
-    return tuple(create_model(arch, in_channels=1, num_classes=2).probe_layers)
-
-
 def run_plans(spec: ExperimentSpec) -> list[RunPlan]:
     """One plan per (dataset, arch, seed), in spec order."""
     return [

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from actors.models import create_model
+from actors.models import probe_layers
 from storage import EmbeddingStore, StoreError
 from storage import schema as S
 from storage.filters import where
@@ -31,7 +31,8 @@ def runs_frame(store: EmbeddingStore, experiment_id: str) -> pd.DataFrame:
 
 
 def layer_order(arch: str) -> list[str]:
-    return list(create_model(arch, in_channels=1, num_classes=2).probe_layers)
+    """The probed layers of ``arch``, input to output."""
+    return list(probe_layers(arch))
 
 
 def layer_profile(

@@ -165,9 +165,9 @@ class EmbeddingStore:
                 f"unit {unit.unit_key!r} of table {unit.table!r} has no rows to commit"
             )
         for attempt in range(COMMIT_MAX_RETRIES):
-            if unit.unit_key in self.committed_keys(unit.table):
-                return False
             ds = self.dataset(unit.table)
+            if ds is not None and _has_key(ds, unit.unit_key):
+                return False
             try:
                 if ds is None:
                     operation = lance.LanceOperation.Overwrite(unit.schema, unit.fragments)
@@ -197,7 +197,8 @@ class EmbeddingStore:
         schema: pa.Schema | None = None,
     ) -> bool:
         """Write and commit one unit at once (for small units written by the committer)."""
-        if unit_key in self.committed_keys(table):
+        ds = self.dataset(table)
+        if ds is not None and _has_key(ds, unit_key):
             return False
         return self.commit(self.write_fragments(table, unit_key, data, schema))
 
@@ -361,6 +362,11 @@ class EmbeddingStore:
         if table in S.FIXED_SCHEMAS:
             return S.FIXED_SCHEMAS[table]
         raise StoreError(f"table {table!r} is new, so write_fragments needs its schema")
+
+
+def _has_key(ds: lance.LanceDataset, unit_key: str) -> bool:
+    """Whether ``unit_key`` is committed (a pushed-down, index-assisted count)."""
+    return ds.count_rows(filter=where(**{S.UNIT_KEY: unit_key})) > 0
 
 
 def _s3_options(options: dict[str, str]) -> dict[str, str]:

@@ -8,6 +8,7 @@ one place.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import cache
 
 from torch import nn
 
@@ -41,3 +42,9 @@ def create_model(name: str, *, in_channels: int, num_classes: int) -> nn.Module:
     if missing:  # a registration bug, not user input
         raise RuntimeError(f"model {name!r} declares probe layers it lacks: {missing}")
     return model
+
+
+@cache
+def probe_layers(name: str) -> tuple[str, ...]:
+    """The layers extracted for model ``name``, input to output."""
+    return tuple(create_model(name, in_channels=1, num_classes=2).probe_layers)

@@ -5,8 +5,9 @@ import pytest
 from sklearn import metrics as skm
 from typer.testing import CliRunner
 
+from actors.models import probe_layers
 from jobs.cli import app
-from jobs.pipeline import probe_layers, run_experiment
+from jobs.pipeline import run_experiment
 from jobs.spec import ExperimentSpec, SpecError
 from services.report import layer_profile, write_report
 from storage import EmbeddingStore, embedding_matrix, embeddings_table

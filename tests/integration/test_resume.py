@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jobs.pipeline import probe_layers
+from actors.models import probe_layers
 from storage import EmbeddingStore, embeddings_table
 from storage import schema as S
 from tests.integration.conftest import small_spec
