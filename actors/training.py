@@ -145,12 +145,13 @@ class Trainer:
         for start in range(0, len(images), rows_per_chunk):
             stop = min(start + rows_per_chunk, len(images))
             outputs: dict[str, list[np.ndarray]] = {name: [] for name in layers}
-            for lo in range(start, stop, EVAL_BATCH_SIZE):
-                x = torch.from_numpy(images[lo : min(lo + EVAL_BATCH_SIZE, stop)]).to(self.device)
-                with LayerTaps(self.model, layers) as taps:
-                    self.model(x)
-                for name in layers:
-                    outputs[name].append(taps.outputs[name].cpu().numpy())
+            # hooks live for one chunk, so none stay attached while the generator waits
+            with LayerTaps(self.model, layers) as taps:
+                for lo in range(start, stop, EVAL_BATCH_SIZE):
+                    batch = images[lo : min(lo + EVAL_BATCH_SIZE, stop)]
+                    self.model(torch.from_numpy(batch).to(self.device))
+                    for name in layers:
+                        outputs[name].append(taps.outputs[name].cpu().numpy())
             yield np.arange(start, stop), {n: np.concatenate(v) for n, v in outputs.items()}
 
     def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -27,8 +27,9 @@ from actors.workers import (
     TrainerActor,
     cluster_task,
     embedding_unit_key,
+    run_id_for,
 )
-from jobs.spec import ExperimentSpec, SpecError, load_dataset
+from jobs.spec import DatasetSpec, ExperimentSpec, SpecError, load_dataset
 from services.scoring import (
     ConsistencyUnit,
     LayerUnit,
@@ -155,19 +156,24 @@ def write_samples(spec: ExperimentSpec, store: EmbeddingStore, counts: StageCoun
 
 
 # -- stage 1: train and extract --------------------------------------------------
+def run_plan(spec: ExperimentSpec, dataset: DatasetSpec, arch: str, seed: int) -> RunPlan:
+    """The plan of the run that trains ``arch`` on ``dataset`` with ``seed``."""
+    return RunPlan(
+        experiment_id=spec.experiment_id,
+        arch=arch,
+        dataset=dataset.config(),
+        training=spec.training.config(),
+        seed=seed,
+        device=spec.resources.device,
+        embedding_dtype=spec.storage.embedding_dtype,
+    )
+
+
 def run_plans(spec: ExperimentSpec) -> list[RunPlan]:
     """One plan per (dataset, arch, seed), in spec order."""
     return [
-        RunPlan(
-            experiment_id=spec.experiment_id,
-            arch=arch,
-            dataset=dataset.config(),
-            training=spec.training.config(),
-            seed=seed,
-            device=spec.resources.device,
-            embedding_dtype=spec.storage.embedding_dtype,
-        )
-        for dataset, arch, seed in itertools.product(spec.datasets, spec.archs, spec.seeds)
+        run_plan(spec, *combination)
+        for combination in itertools.product(spec.datasets, spec.archs, spec.seeds)
     ]
 
 
@@ -217,8 +223,9 @@ def _killer(actor) -> Callable[[], None]:
 def cluster_units(spec: ExperimentSpec) -> list[ClusterUnit]:
     units = []
     c = spec.clustering
-    for plan in run_plans(spec):
-        per_super = load_dataset(_dataset_spec(spec, plan)).hierarchy.subclasses_per_superclass()
+    for dataset, arch, seed in itertools.product(spec.datasets, spec.archs, spec.seeds):
+        plan = run_plan(spec, dataset, arch, seed)
+        per_super = load_dataset(dataset).hierarchy.subclasses_per_superclass()
         for epoch, layer, method in itertools.product(
             spec.epochs_to_probe, probe_layers(plan.arch), c.methods
         ):
@@ -315,10 +322,9 @@ def consistency_units(spec: ExperimentSpec) -> list[ConsistencyUnit]:
     if len(spec.seeds) < 2 or not spec.metrics.consistency:
         return units
     for dataset, arch in itertools.product(spec.datasets, spec.archs):
+        dataset_id = dataset.config().dataset_id
         runs = tuple(
-            (p.run_id, p.seed)
-            for p in run_plans(spec)
-            if p.arch == arch and p.dataset == dataset.config()
+            (run_id_for(spec.experiment_id, dataset_id, arch, seed), seed) for seed in spec.seeds
         )
         for epoch, method, factor in itertools.product(
             spec.epochs_to_probe, c.methods, c.overclustering_factors
@@ -326,7 +332,7 @@ def consistency_units(spec: ExperimentSpec) -> list[ConsistencyUnit]:
             units.append(
                 ConsistencyUnit(
                     experiment_id=spec.experiment_id,
-                    dataset_id=dataset.config().dataset_id,
+                    dataset_id=dataset_id,
                     arch=arch,
                     epoch=epoch,
                     split=c.split,
@@ -344,10 +350,6 @@ def _optimize(store: EmbeddingStore, tables: set[str]) -> None:
     """Compact and index the tables a stage wrote (its committers are all done)."""
     for table in sorted(tables):
         store.optimize(table)
-
-
-def _dataset_spec(spec: ExperimentSpec, plan: RunPlan):
-    return next(d for d in spec.datasets if d.config() == plan.dataset)
 
 
 def _drain(

@@ -130,13 +130,13 @@ class EmbeddingStore:
         filled in here. Batches are validated and written one at a time, so a
         stream larger than memory is fine.
         """
-        schema = self._expected_schema(table, schema)
+        existing = self.dataset(table)
+        schema = _expected_schema(table, schema, existing)
         batches = data.to_batches() if isinstance(data, pa.Table) else data
         counted = _Counter()
         reader = pa.RecordBatchReader.from_batches(
             schema, counted.wrap(_prepare(table, unit_key, b, schema) for b in batches)
         )
-        existing = self.dataset(table)
         try:
             fragments = write_fragments(
                 reader,
@@ -350,18 +350,20 @@ class EmbeddingStore:
         fs, base = self._filesystem()
         return fs.get_file_info(f"{base}/{table}/_versions").type == pafs.FileType.Directory
 
-    def _expected_schema(self, table: str, schema: pa.Schema | None) -> pa.Schema:
-        ds = self.dataset(table)
-        if ds is not None:
-            existing = ds.schema
-            if schema is not None and not schema.equals(existing):
-                raise StoreError(_schema_mismatch(table, existing, schema))
-            return existing
-        if schema is not None:
-            return schema
-        if table in S.FIXED_SCHEMAS:
-            return S.FIXED_SCHEMAS[table]
-        raise StoreError(f"table {table!r} is new, so write_fragments needs its schema")
+
+def _expected_schema(
+    table: str, schema: pa.Schema | None, ds: lance.LanceDataset | None
+) -> pa.Schema:
+    """The schema rows for ``table`` must have: the table's own once it exists."""
+    if ds is not None:
+        if schema is not None and not schema.equals(ds.schema):
+            raise StoreError(_schema_mismatch(table, ds.schema, schema))
+        return ds.schema
+    if schema is not None:
+        return schema
+    if table in S.FIXED_SCHEMAS:
+        return S.FIXED_SCHEMAS[table]
+    raise StoreError(f"table {table!r} is new, so write_fragments needs its schema")
 
 
 def _has_key(ds: lance.LanceDataset, unit_key: str) -> bool:

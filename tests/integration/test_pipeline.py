@@ -195,47 +195,16 @@ def test_cli_show_and_export(study, tmp_path):
     assert result.exit_code == 0, result.output
     assert "fc2" in result.output
     out = tmp_path / "fc2.npy"
-    result = runner.invoke(
-        app,
-        [
-            "embeddings",
-            "it",
-            "--arch",
-            "small_cnn",
-            "--layer",
-            "fc2",
-            "--seed",
-            "1",
-            "--split",
-            "test",
-            "--superclass",
-            "2",
-            "--out",
-            str(out),
-            "--store",
-            store.root,
-        ],
-    )
+    export = "embeddings it --arch small_cnn --layer fc2 --seed 1 --split test --superclass 2"
+    result = runner.invoke(app, [*export.split(), "--out", str(out), "--store", store.root])
     assert result.exit_code == 0, result.output
     exported = np.load(out)
     expected = store.embeddings("it", "small_cnn", "fc2", seed=1, split="test", superclass=2)
     np.testing.assert_array_equal(exported, embedding_matrix(expected))
     for suffix in (".parquet", ".arrow"):
-        result = runner.invoke(
-            app,
-            [
-                "embeddings",
-                "it",
-                "--arch",
-                "small_cnn",
-                "--layer",
-                "conv1",
-                "--out",
-                str(tmp_path / f"x{suffix}"),
-                "--store",
-                store.root,
-            ],
-        )
+        conv1 = ["embeddings", "it", "--arch", "small_cnn", "--layer", "conv1"]
+        out_file = str(tmp_path / f"x{suffix}")
+        result = runner.invoke(app, [*conv1, "--out", out_file, "--store", store.root])
         assert result.exit_code == 0, result.output
 
 

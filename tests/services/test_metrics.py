@@ -3,12 +3,33 @@ import pytest
 from sklearn import metrics as skm
 
 from services.metrics import (
+    ClassStatistics,
     adjusted_mutual_info_score,
     adjusted_rand_score,
+    cdnv,
+    class_distance_matrix,
+    cluster_and_linear_probe,
+    clustering_scores,
+    completeness_score,
     contingency_matrix,
+    expected_mutual_information,
+    fowlkes_mallows_score,
+    granulated_kendall,
+    homogeneity_score,
+    intraclass_c1,
+    intraclass_c2,
+    intraclass_c3,
+    intraclass_c4,
+    linear_probe_accuracy,
+    mutual_info_score,
+    nc1,
+    nc2,
     ncc_accuracy,
     normalized_mutual_info_score,
+    pairwise_scores,
     purity_score,
+    silhouette_score,
+    v_measure_score,
 )
 
 PAIRS = [
@@ -76,29 +97,6 @@ def test_bad_input(call, message):
 
 
 # -- the wider sklearn family, all from one contingency table ------------------------
-from services.metrics import (  # noqa: E402
-    ClassStatistics,
-    cdnv,
-    class_distance_matrix,
-    cluster_and_linear_probe,
-    clustering_scores,
-    completeness_score,
-    expected_mutual_information,
-    fowlkes_mallows_score,
-    granulated_kendall,
-    homogeneity_score,
-    intraclass_c1,
-    intraclass_c2,
-    intraclass_c3,
-    intraclass_c4,
-    linear_probe_accuracy,
-    mutual_info_score,
-    nc1,
-    nc2,
-    pairwise_scores,
-    silhouette_score,
-    v_measure_score,
-)
 
 MORE_PAIRS = [
     (homogeneity_score, skm.homogeneity_score),
