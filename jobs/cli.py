@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from storage import DEFAULT_STORE, EmbeddingStore, StoreError, embedding_matrix
+from storage import DEFAULT_STORE, EmbeddingStore, StoreError
 from storage import schema as S
 from storage.filters import where
 
@@ -197,36 +197,29 @@ def embeddings(
     if suffix not in (".npy", ".parquet", ".arrow"):
         _fail(f"--out {str(out)!r} has suffix {suffix or 'none'!r}; use .npy, .parquet or .arrow")
     opened = _open_existing(store)
+    query = dict(seed=seed, epoch=epoch, split=split, superclass=superclass, dataset_id=dataset)
+    read = opened.embedding_array if suffix == ".npy" else opened.embeddings
     try:
-        rows = opened.embeddings(
+        got = read(
             experiment,
             arch,
             layer,
             version=int(version) if version and version.isdigit() else version,
-            seed=seed,
-            epoch=epoch,
-            split=split,
-            superclass=superclass,
-            dataset_id=dataset,
+            **query,
         )
     except StoreError as exc:
         _fail(str(exc))
-    if rows.num_rows == 0:
-        query = where(
-            seed=seed, epoch=epoch, split=split, superclass=superclass, dataset_id=dataset
-        )
-        _fail(f"no embeddings match {query}; loosen the filters")
+    if len(got) == 0:
+        _fail(f"no embeddings match {where(**query)}; loosen the filters")
     out.parent.mkdir(parents=True, exist_ok=True)
-    rows = rows.drop_columns([S.UNIT_KEY])
     if suffix == ".npy":
-        np.save(out, embedding_matrix(rows))
-    elif suffix == ".parquet":
-        pq.write_table(rows, out)
+        np.save(out, got)
+        shape = got.shape
     else:
-        feather.write_feather(rows, out)
-    console.print(
-        f"wrote {rows.num_rows} x {rows.schema.field(S.EMBEDDING).type.list_size} to {out}"
-    )
+        rows = got.drop_columns([S.UNIT_KEY])
+        (pq.write_table if suffix == ".parquet" else feather.write_feather)(rows, out)
+        shape = (rows.num_rows, rows.schema.field(S.EMBEDDING).type.list_size)
+    console.print(f"wrote {shape[0]} x {shape[1]} to {out}")
 
 
 @app.command()

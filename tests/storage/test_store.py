@@ -203,3 +203,43 @@ def test_compact_removes_orphans_and_old_versions_but_no_rows(store):
     assert len(list(data_dir.iterdir())) < files_before
     assert store.read(TABLE).num_rows == 30
     assert store.write_unit(TABLE, "u1", rows(10)[0]) is False  # keys survive compaction
+
+
+def test_embedding_array_streams_filtered_rows_in_table_order(store, monkeypatch):
+    import storage.store
+
+    monkeypatch.setattr(storage.store, "SCAN_BATCH_BYTES", 3 * 4 * 4)  # 3 rows per batch
+    table, values = rows(10)
+    store.write_unit(TABLE, "u1", table, S.embeddings_schema(4))
+    other, other_values = rows(5, split="train", run="r1", start=10, seed=1)
+    store.write_unit(TABLE, "u2", other)
+    version = store.version(TABLE)
+    store.write_unit(TABLE, "u3", rows(2, run="r2", start=15, seed=2)[0])
+    everything = store.embedding_array("exp", "net", "fc")
+    np.testing.assert_array_equal(
+        everything, embedding_matrix(store.embeddings("exp", "net", "fc"))
+    )
+    assert everything.shape == (17, 4) and everything.dtype == np.float32
+    np.testing.assert_array_equal(
+        store.embedding_array("exp", "net", "fc", split="train"), other_values
+    )
+    odd = store.embedding_array("exp", "net", "fc", run_id="r0", superclass=1)
+    np.testing.assert_array_equal(odd, values[1::2])
+    assert store.embedding_array("exp", "net", "fc", version=version).shape == (15, 4)
+    assert store.embedding_array("exp", "net", "fc", split="val").shape == (0, 4)
+    with pytest.raises(StoreError, match="stored layers are \\['fc'\\]"):
+        store.embedding_array("exp", "net", "conv9")
+    with pytest.raises(StoreError, match="has no version 99"):
+        store.embedding_array("exp", "net", "fc", version=99)
+
+
+def test_embedding_array_of_float16_returns_float32_unless_asked(store):
+    table, values = rows(20, dim=8)
+    store.write_unit(TABLE, "u1", table, S.embeddings_schema(8, "float16"))
+    np.testing.assert_allclose(store.embedding_array("exp", "net", "fc"), values, rtol=1e-3)
+    assert store.embedding_array("exp", "net", "fc", dtype=None).dtype == np.float16
+
+
+def test_embedding_matrix_honours_sliced_tables(store):
+    table, values = rows(10)
+    np.testing.assert_array_equal(embedding_matrix(table.slice(4, 3)), values[4:7])
