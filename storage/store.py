@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,10 @@ ROWS_PER_GROUP = 1024
 # batches stay in cache between Lance's decode and the copy into the result, which
 # read 50,000 x 2,048 float32 about twice as fast as materialising the table first.
 SCAN_BATCH_BYTES = 2 << 20
+# A unit given as a table this large is written as WRITE_THREADS fragments at once:
+# 50,000 x 2,048 float32 wrote 1.35x faster in 4 slices than in one on 2 cores.
+PARALLEL_WRITE_MIN_BYTES = 64 << 20
+WRITE_THREADS = 4
 # Lance file format of new tables: 2.0 wrote 2.6x and read 1.3x faster than 2.2 for
 # 50,000 x 2,048 float32 vectors on the development machine.
 STORAGE_FORMAT = "2.0"
@@ -132,11 +137,40 @@ class EmbeddingStore:
 
         ``data`` holds every column of the table but ``unit_key``, which is
         filled in here. Batches are validated and written one at a time, so a
-        stream larger than memory is fine.
+        stream larger than memory is fine. A table of at least
+        ``PARALLEL_WRITE_MIN_BYTES`` is cut into ``WRITE_THREADS`` slices written
+        as fragments side by side (Lance releases the GIL), in row order.
         """
         existing = self.dataset(table)
         schema = _expected_schema(table, schema, existing)
-        batches = data.to_batches() if isinstance(data, pa.Table) else data
+        version = existing.data_storage_version if existing else STORAGE_FORMAT
+        if isinstance(data, pa.Table) and data.nbytes >= PARALLEL_WRITE_MIN_BYTES:
+            step = -(-data.num_rows // WRITE_THREADS)
+            slices = [data.slice(lo, step) for lo in range(0, data.num_rows, step)]
+            with ThreadPoolExecutor(len(slices), thread_name_prefix="lance-write") as pool:
+                written = list(
+                    pool.map(
+                        lambda part: self._write_stream(
+                            table, unit_key, part.to_batches(), schema, version
+                        ),
+                        slices,
+                    )
+                )
+        else:
+            batches = data.to_batches() if isinstance(data, pa.Table) else data
+            written = [self._write_stream(table, unit_key, batches, schema, version)]
+        fragments = [f for part, _ in written for f in part]
+        return PendingUnit(table, unit_key, schema, fragments, sum(rows for _, rows in written))
+
+    def _write_stream(
+        self,
+        table: str,
+        unit_key: str,
+        batches: Iterable[pa.RecordBatch],
+        schema: pa.Schema,
+        storage_version: str,
+    ) -> tuple[list[FragmentMetadata], int]:
+        """Validate and write one stream of batches as fragments; (fragments, rows)."""
         counted = _Counter()
         reader = pa.RecordBatchReader.from_batches(
             schema, counted.wrap(_prepare(table, unit_key, b, schema) for b in batches)
@@ -146,9 +180,7 @@ class EmbeddingStore:
                 reader,
                 self.uri(table),
                 schema=schema,
-                data_storage_version=(
-                    existing.data_storage_version if existing else STORAGE_FORMAT
-                ),
+                data_storage_version=storage_version,
                 # "append" also works before the table exists; "create" would fail
                 # if the committer created the table while this worker was writing.
                 mode="append",
@@ -160,7 +192,7 @@ class EmbeddingStore:
             if counted.error is not None:
                 raise counted.error from None
             raise
-        return PendingUnit(table, unit_key, schema, list(fragments), counted.rows)
+        return list(fragments), counted.rows
 
     def commit(self, unit: PendingUnit) -> bool:
         """Make ``unit`` visible in one transaction; ``False`` if its key was already there."""
@@ -504,8 +536,10 @@ def _check_vectors(table: str, f: pa.Field, column: pa.Array) -> pa.Array:
             f"embedding dimension {column.type.list_size} does not match table {table!r}, "
             f"which stores dimension {f.type.list_size}; write it to the right layer's table"
         )
-    values = column.values.to_numpy(zero_copy_only=False)
-    if not np.isfinite(values).all():
+    values = column.flatten().to_numpy(zero_copy_only=False)
+    # A sum is finite when every value is (or overflows, which the exact check clears),
+    # and needs no n x d mask.
+    if not np.isfinite(values.sum()) and not np.isfinite(values).all():
         bad = int((~np.isfinite(values.reshape(len(column), -1))).any(axis=1).sum())
         raise StoreError(
             f"{bad} embedding(s) for table {table!r} contain NaN or Inf; "
@@ -513,8 +547,9 @@ def _check_vectors(table: str, f: pa.Field, column: pa.Array) -> pa.Array:
         )
     if not column.type.value_type.equals(f.type.value_type):
         if pa.types.is_float16(f.type.value_type):
-            values = column.values.to_numpy(zero_copy_only=False).astype(np.float16)
-            return pa.FixedSizeListArray.from_arrays(pa.array(values), f.type.list_size)
+            return pa.FixedSizeListArray.from_arrays(
+                pa.array(values.astype(np.float16)), f.type.list_size
+            )
         column = column.cast(f.type)
     return column
 

@@ -243,3 +243,40 @@ def test_embedding_array_of_float16_returns_float32_unless_asked(store):
 def test_embedding_matrix_honours_sliced_tables(store):
     table, values = rows(10)
     np.testing.assert_array_equal(embedding_matrix(table.slice(4, 3)), values[4:7])
+
+
+def test_a_large_table_is_written_as_parallel_fragments_in_row_order(store, monkeypatch):
+    import storage.store
+
+    monkeypatch.setattr(storage.store, "PARALLEL_WRITE_MIN_BYTES", 1)
+    table, values = rows(103, dim=8)
+    pending = store.write_fragments(TABLE, "u1", table, S.embeddings_schema(8))
+    assert len(pending.fragments) == storage.store.WRITE_THREADS and pending.n_rows == 103
+    assert store.commit(pending)
+    got = store.embeddings("exp", "net", "fc")
+    assert got.column("sample_index").to_pylist() == list(range(103))
+    np.testing.assert_array_equal(store.embedding_array("exp", "net", "fc"), values)
+    half, half_values = rows(40, dim=8, run="r1", start=103, seed=1)
+    store.write_unit(TABLE, "u2", half)
+    assert store.embedding_array("exp", "net", "fc", run_id="r1").shape == (40, 8)
+    np.testing.assert_array_equal(store.embedding_array("exp", "net", "fc")[103:], half_values)
+
+
+def test_nan_in_one_parallel_slice_fails_the_unit_and_leaves_the_store_unchanged(
+    store, monkeypatch
+):
+    import storage.store
+
+    store.write_unit(TABLE, "u0", rows(5, dim=8)[0], S.embeddings_schema(8))
+    version = store.version(TABLE)
+    monkeypatch.setattr(storage.store, "PARALLEL_WRITE_MIN_BYTES", 1)
+    table, values = rows(100, dim=8, start=5)
+    values[90, 3] = np.inf  # in the last slice
+    bad = table.set_column(
+        table.schema.get_field_index("embedding"),
+        "embedding",
+        pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), 8),
+    )
+    with pytest.raises(StoreError, match="1 embedding\\(s\\) .* contain NaN or Inf"):
+        store.write_unit(TABLE, "u1", bad)
+    assert store.version(TABLE) == version and store.read(TABLE).num_rows == 5
