@@ -156,3 +156,16 @@ def test_torch_ward_on_cuda_matches_scipy():
     reference = scipy_linkage(X.astype(np.float64), "ward")
     Z = ward_linkage(X, device="cuda")
     assert adjusted_rand_score(cut_linkage(reference, 100), cut_linkage(Z, 100)) == 1.0
+
+
+@pytest.mark.parametrize("method", ["ward", "average", "complete", "single"])
+@pytest.mark.parametrize("n", [2, 3, 200])
+def test_in_place_nn_chain_reproduces_scipy_linkage(method, n):
+    from actors.clustering.distances import condensed_euclidean
+    from actors.clustering.nn_chain import nn_chain_linkage
+
+    X = np.random.RandomState(n).randn(n, 7)
+    ours = nn_chain_linkage(condensed_euclidean(X), n, method)
+    reference = scipy_linkage(X, method)
+    np.testing.assert_array_equal(ours[:, [0, 1, 3]], reference[:, [0, 1, 3]])
+    np.testing.assert_allclose(ours[:, 2], reference[:, 2], rtol=1e-12)
