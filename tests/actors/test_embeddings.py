@@ -7,23 +7,11 @@ import torch
 from actors.embeddings import embeddings_dataset, embeddings_tensor
 from storage import StoreError, embeddings_table
 from storage import schema as S
+from tests.factories import embedding_unit
 
 
 def _write(store, unit: str, start: int, n: int, split: str) -> np.ndarray:
-    values = np.random.RandomState(start).rand(n, 6).astype(np.float32)
-    table = S.embedding_rows(
-        values,
-        sample_index=np.arange(start, start + n),
-        subclass=np.zeros(n),
-        superclass=np.arange(n) % 2,
-        experiment_id="exp",
-        run_id="r0",
-        dataset_id="d",
-        arch="net",
-        seed=0,
-        epoch=1,
-        split=split,
-    )
+    table, values = embedding_unit(n, 6, split=split, start=start, seed=start)
     store.write_unit(embeddings_table("exp", "net", "fc"), unit, table, S.embeddings_schema(6))
     return values
 

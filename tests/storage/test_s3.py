@@ -8,11 +8,11 @@ import time
 import urllib.request
 
 import numpy as np
-import pyarrow as pa
 import pytest
 
 from storage import EmbeddingStore, StoreError, embedding_matrix, embeddings_table
 from storage import schema as S
+from tests.factories import embedding_unit as rows
 
 pytest.importorskip("moto", reason="moto[server] (a dev extra) provides the S3 server")
 TABLE = embeddings_table("exp", "net", "fc")
@@ -63,29 +63,12 @@ def s3_store(s3_endpoint, request):
     return EmbeddingStore(f"s3://stratalens/{request.node.name}", storage_options=options)
 
 
-def rows(n: int, start: int = 0, dim: int = 4) -> tuple[pa.Table, np.ndarray]:
-    values = np.random.default_rng(start).random((n, dim), dtype=np.float32)
-    table = S.embedding_rows(
-        values,
-        sample_index=np.arange(start, start + n),
-        subclass=np.zeros(n),
-        superclass=np.zeros(n),
-        experiment_id="exp",
-        run_id="r0",
-        dataset_id="d",
-        arch="net",
-        seed=0,
-        epoch=1,
-        split="test",
-    )
-    return table, values
-
-
 def test_units_commit_once_and_read_back(s3_store):
     table, values = rows(20)
     assert s3_store.write_unit(TABLE, "u1", table, S.embeddings_schema(4))
     assert not s3_store.write_unit(TABLE, "u1", table)
     np.testing.assert_array_equal(embedding_matrix(s3_store.embeddings("exp", "net", "fc")), values)
+    np.testing.assert_array_equal(s3_store.embedding_array("exp", "net", "fc"), values)
     assert s3_store.list_tables() == [TABLE]
     assert s3_store.committed_keys(TABLE) == {"u1"}
 

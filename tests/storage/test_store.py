@@ -5,28 +5,9 @@ import pytest
 from storage import EmbeddingStore, StoreError, embedding_matrix, embeddings_table
 from storage import schema as S
 from storage.filters import where
+from tests.factories import embedding_unit as rows
 
 TABLE = embeddings_table("exp", "net", "fc")
-
-
-def rows(
-    n: int, dim: int = 4, *, split: str = "test", run: str = "r0", start: int = 0, seed: int = 0
-):
-    values = np.random.RandomState(seed).rand(n, dim).astype(np.float32)
-    table = S.embedding_rows(
-        values,
-        sample_index=np.arange(start, start + n),
-        subclass=np.arange(n) % 3,
-        superclass=np.arange(n) % 2,
-        experiment_id="exp",
-        run_id=run,
-        dataset_id="d",
-        arch="net",
-        seed=0,
-        epoch=1,
-        split=split,
-    )
-    return table, values
 
 
 def test_roundtrip_and_filters(store):
