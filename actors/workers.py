@@ -50,6 +50,17 @@ class RunPlan:
     def run_id(self) -> str:
         return run_id_for(self.experiment_id, self.dataset.dataset_id, self.arch, self.seed)
 
+    @property
+    def keys(self) -> dict[str, str | int]:
+        """The run's key columns, as every table that stores its rows names them."""
+        return {
+            "experiment_id": self.experiment_id,
+            "run_id": self.run_id,
+            "dataset_id": self.dataset.dataset_id,
+            "arch": self.arch,
+            "seed": self.seed,
+        }
+
 
 class TrainerWorker:
     """Trains one run and streams its layer outputs into the store as fragments."""
@@ -118,19 +129,14 @@ class TrainerWorker:
         return [self.store.write_fragments(S.RUNS, plan.run_id, table)]
 
     def _embedding_rows(self, epoch, split, index, subclass, superclass, values) -> pa.Table:
-        plan = self.plan
         return S.embedding_rows(
             values,
             sample_index=index,
             subclass=subclass[index],
             superclass=superclass[index],
-            experiment_id=plan.experiment_id,
-            run_id=plan.run_id,
-            dataset_id=plan.dataset.dataset_id,
-            arch=plan.arch,
-            seed=plan.seed,
             epoch=epoch,
             split=split,
+            **self.plan.keys,
         )
 
 

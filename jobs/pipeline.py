@@ -231,11 +231,7 @@ def cluster_units(spec: ExperimentSpec) -> list[ClusterUnit]:
         ):
             units.append(
                 ClusterUnit(
-                    experiment_id=spec.experiment_id,
-                    run_id=plan.run_id,
-                    dataset_id=plan.dataset.dataset_id,
-                    arch=plan.arch,
-                    seed=plan.seed,
+                    **plan.keys,
                     epoch=epoch,
                     layer=layer,
                     split=c.split,
