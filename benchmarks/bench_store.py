@@ -49,9 +49,12 @@ def unit_rows(X: np.ndarray, start: int, run: str) -> pa.Table:
     )
 
 
-def best_of(fn, repeats: int = REPEATS) -> float:
+def best_of(fn, repeats: int = REPEATS, *, setup=None) -> float:
+    """Best time of ``fn`` over ``repeats`` runs, each after an untimed ``setup()``."""
     best = float("inf")
     for _ in range(repeats):
+        if setup is not None:
+            setup()
         start = time.perf_counter()
         fn()
         best = min(best, time.perf_counter() - start)
@@ -61,15 +64,15 @@ def best_of(fn, repeats: int = REPEATS) -> float:
 def bench_single(X: np.ndarray, root: Path) -> dict:
     table = embeddings_table("bench", "net", "layer")
     np_path = root / "x.npy"
-    save_s = best_of(lambda: np.save(np_path, X))
+    # Both writes go to a path cleared before each repeat, outside the timing.
+    save_s = best_of(lambda: np.save(np_path, X), setup=lambda: np_path.unlink(missing_ok=True))
     load_s = best_of(lambda: np.load(np_path))
 
     def write():
-        shutil.rmtree(root / "store", ignore_errors=True)
         store = EmbeddingStore(str(root / "store"))
         store.write_unit(table, "u", unit_rows(X, 0, "r0"), S.embeddings_schema(X.shape[1]))
 
-    write_s = best_of(write)
+    write_s = best_of(write, setup=lambda: shutil.rmtree(root / "store", ignore_errors=True))
     store = EmbeddingStore(str(root / "store"))
     read_s = best_of(lambda: store.embedding_array("bench", "net", "layer"))
     assert np.array_equal(store.embedding_array("bench", "net", "layer"), X)
@@ -117,8 +120,10 @@ def bench_concurrent(X: np.ndarray, root: Path, writers: int = 8) -> dict:
     X_ref = ray.put(X)
     table = embeddings_table("bench", "net", "concurrent")
 
-    def run(parallel: bool) -> EmbeddingStore:
+    def clear() -> None:
         shutil.rmtree(root / "cstore", ignore_errors=True)
+
+    def run(parallel: bool) -> EmbeddingStore:
         store = EmbeddingStore(str(root / "cstore"))
         if parallel:
             refs = [write_units.remote(store, X_ref, [s], per) for s in starts]
@@ -129,8 +134,9 @@ def bench_concurrent(X: np.ndarray, root: Path, writers: int = 8) -> dict:
                 store.commit(unit)
         return store
 
-    one_s = best_of(lambda: run(parallel=False), repeats=2)
-    many_s = best_of(lambda: run(parallel=True), repeats=2)
+    one_s = best_of(lambda: run(parallel=False), repeats=2, setup=clear)
+    many_s = best_of(lambda: run(parallel=True), repeats=2, setup=clear)
+    clear()
     store = run(parallel=True)
     rows_before, version = (
         store.read(table, columns=["sample_index"]).num_rows,

@@ -38,6 +38,10 @@ ROWS_PER_GROUP = 1024
 # batches stay in cache between Lance's decode and the copy into the result, which
 # read 50,000 x 2,048 float32 about twice as fast as materialising the table first.
 SCAN_BATCH_BYTES = 2 << 20
+# Bytes Lance may buffer from a local disk ahead of the decoder in such a scan. Its
+# default (sized for object stores) read the same layer in 0.11-0.14 s, 8-32 MiB in
+# 0.06-0.09 s; object-store roots keep the default, which keeps more requests in flight.
+LOCAL_SCAN_IO_BUFFER_BYTES = 16 << 20
 # A unit given as a table this large is written as WRITE_THREADS fragments at once:
 # 50,000 x 2,048 float32 wrote 1.35x faster in 4 slices than in one on 2 cores.
 PARALLEL_WRITE_MIN_BYTES = 64 << 20
@@ -380,7 +384,12 @@ class EmbeddingStore:
             dtype=dtype or vector.value_type.to_pandas_dtype(),
         )
         rows_per_batch = max(1, SCAN_BATCH_BYTES // (vector.list_size * out.itemsize))
-        batches = ds.to_batches(columns=[S.EMBEDDING], filter=filter, batch_size=rows_per_batch)
+        batches = ds.to_batches(
+            columns=[S.EMBEDDING],
+            filter=filter,
+            batch_size=rows_per_batch,
+            io_buffer_size=None if "://" in self.root else LOCAL_SCAN_IO_BUFFER_BYTES,
+        )
         _copy_vectors(out, (batch.column(0) for batch in batches))
         return out
 
