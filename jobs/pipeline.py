@@ -56,8 +56,11 @@ class StageCounts:
         self.committed[stage] = self.committed.get(stage, 0) + n
 
 
-def init_ray(address: str | None = None) -> None:
-    """Connect to the cluster at ``address``, or start a local Ray instance."""
+def init_ray(address: str | None = None, *, system_config: dict | None = None) -> None:
+    """Connect to the cluster at ``address``, or start a local Ray instance.
+
+    ``system_config`` (Ray's ``_system_config``) only applies to a local instance.
+    """
     if ray.is_initialized():
         return
     # Ray starts its processes with fork+exec, which is safe for Lance's runtime.
@@ -68,6 +71,7 @@ def init_ray(address: str | None = None) -> None:
         log_to_driver=False,
         logging_level="ERROR",
         configure_logging=True,
+        _system_config=system_config if address is None else None,
     )
 
 
