@@ -43,26 +43,36 @@ def condensed_euclidean(X, *, block_rows: int | None = None) -> np.ndarray:
             left = right = tile = None  # unmap the old buffers before mapping smaller ones
             left, right, tile = _scratch(rows, d), _scratch(rows, d), _scratch(rows, rows)
         hi = min(lo + rows, n - 1)
-        a = left[: hi - lo]
-        np.copyto(a, X[lo:hi])  # cast to float64, one block at a time
-        for clo in range(lo, n, rows):
-            chi = min(clo + rows, n)
-            b, t = right[: chi - clo], tile[: hi - lo, : chi - clo]
-            np.copyto(b, X[clo:chi])
-            np.matmul(a, b.T, out=t)
-            t *= -2
-            t += sq[lo:hi, None]
-            t += sq[None, clo:chi]
-            np.maximum(t, 0, out=t)
-            np.sqrt(t, out=t)
-            for i in range(lo, hi):
-                first = max(clo, i + 1)  # the triangle needs j > i
-                if first >= chi:
-                    continue
-                at = starts[i] + (first - i - 1)
-                out[at : at + chi - first] = t[i - lo, first - clo :]
+        _fill_rows(out, X, sq, starts, lo, hi, left, right, tile)
         lo = hi
     return out
+
+
+def _fill_rows(out, X, sq, starts, lo: int, hi: int, left, right, tile) -> None:
+    """Write the distances of rows ``lo:hi`` to every later row into ``out``.
+
+    ``left``, ``right`` and ``tile`` are the scratch buffers; the views taken of them
+    here end with the call, so the caller can unmap them.
+    """
+    n, width = len(X), tile.shape[1]
+    a = left[: hi - lo]
+    np.copyto(a, X[lo:hi])  # cast to float64, one block at a time
+    for clo in range(lo, n, width):
+        chi = min(clo + width, n)
+        b, t = right[: chi - clo], tile[: hi - lo, : chi - clo]
+        np.copyto(b, X[clo:chi])
+        np.matmul(a, b.T, out=t)
+        t *= -2
+        t += sq[lo:hi, None]
+        t += sq[None, clo:chi]
+        np.maximum(t, 0, out=t)
+        np.sqrt(t, out=t)
+        for i in range(lo, hi):
+            first = max(clo, i + 1)  # the triangle needs j > i
+            if first >= chi:
+                continue
+            at = starts[i] + (first - i - 1)
+            out[at : at + chi - first] = t[i - lo, first - clo :]
 
 
 def _scratch(rows: int, cols: int) -> np.ndarray:
