@@ -23,6 +23,8 @@ def _check_input(X, n_clusters: int) -> np.ndarray:
     X = np.asarray(X)
     if X.ndim != 2:
         raise ValueError(f"X should be a 2-d array (n_samples, n_features), got shape {X.shape}")
+    if X.shape[1] == 0:
+        raise ValueError(f"X has no features (shape {X.shape}); pass embeddings of dimension >= 1")
     if not np.isfinite(X).all():
         raise ValueError("X contains NaN or Inf; clean the embeddings before clustering")
     if not isinstance(n_clusters, int | np.integer) or n_clusters < 1:

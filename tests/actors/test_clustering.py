@@ -73,6 +73,7 @@ def test_cluster_for_ks_is_deterministic():
         ),
         (lambda: KMeans(0).fit(np.zeros((5, 2))), "positive integer"),
         (lambda: KMeans(2).fit(np.zeros(5)), "2-d array"),
+        (lambda: AgglomerativeClustering(2).fit(np.zeros((5, 0))), "no features"),
         (lambda: cluster_for_ks(np.zeros((5, 2)), "dbscan", [2]), "unknown clustering method"),
         (lambda: select_backend("cuml-nope", method="ward"), "unknown clustering backend"),
         (lambda: select_backend("torch", method="average"), "does not run 'average'"),
