@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 from scipy.cluster.hierarchy import linkage as scipy_linkage
@@ -124,6 +126,9 @@ print((kib("VmHWM") - before) * 1024 / D.nbytes)
 """
 
 
+@pytest.mark.skipif(
+    not os.path.exists("/proc/self/clear_refs"), reason="reads peak RSS from Linux's /proc"
+)
 def test_distance_peak_memory_is_the_output_alone():
     """The scratch tiles fit in the part of the output not yet written (the old code
     held a 32 MiB tile and malloc's retained copies on top of the output: +25%)."""
