@@ -214,3 +214,45 @@ def test_in_place_nn_chain_reproduces_scipy_linkage(method, n):
     reference = scipy_linkage(X, method)
     np.testing.assert_array_equal(ours[:, [0, 1, 3]], reference[:, [0, 1, 3]])
     np.testing.assert_allclose(ours[:, 2], reference[:, 2], rtol=1e-12)
+
+
+def test_available_memory_is_capped_by_the_cgroup(tmp_path):
+    from actors.clustering.memory import available_memory_bytes
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24000000 kB\nMemAvailable:   20000000 kB\n")
+    limit, usage = tmp_path / "memory.max", tmp_path / "memory.current"
+    limit.write_text("8589934592\n")  # an 8 GiB pod
+    usage.write_text("1073741824\n")
+    cgroup = ((str(limit), str(usage)),)
+    assert available_memory_bytes(str(meminfo), cgroup) == 7 << 30
+    limit.write_text("max\n")  # no limit: the machine's figure
+    assert available_memory_bytes(str(meminfo), cgroup) == 20000000 * 1024
+    assert available_memory_bytes(str(tmp_path / "missing"), cgroup) is None
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/meminfo"), reason="reads Linux's /proc/meminfo")
+def test_available_memory_of_this_machine():
+    from actors.clustering.memory import available_memory_bytes
+
+    available = available_memory_bytes()
+    assert available is not None and 0 < available
+
+
+def test_distances_past_the_memory_budget(monkeypatch):
+    """Ward and single switch to the O(n d) vector method (same dendrogram); average and
+    complete, which have none, raise one clear MemoryError."""
+    from actors.clustering import estimators
+
+    X = blobs(n=120, d=6, seed=3)
+    expected = {m: AgglomerativeClustering(4, linkage=m).fit_predict(X) for m in ("ward", "single")}
+    monkeypatch.setattr(estimators, "CONDENSED_MEMORY_FRACTION", 0.0)
+    monkeypatch.setattr(estimators, "FALLBACK_CONDENSED_BUDGET_BYTES", 0)
+    monkeypatch.setattr(
+        estimators, "condensed_euclidean", lambda X: pytest.fail("built the O(n^2) distances")
+    )
+    for method, labels in expected.items():
+        got = AgglomerativeClustering(4, linkage=method).fit_predict(X)
+        assert adjusted_rand_score(labels, got) == 1.0
+    with pytest.raises(MemoryError, match="average linkage of 120 points needs"):
+        AgglomerativeClustering(4, linkage="average").fit(X)
