@@ -1,14 +1,17 @@
 """`stratalens bench cluster`: clustering figures against baselines measured in the same run.
 
 1. Ward, n = 20,000, d = 512, float32 (L2-normalised mixture): stratalens' CPU backend
-   (blocked-GEMM distances + fastcluster in place) vs
+   (blocked-GEMM distances + SciPy's NN-chain compiled with numba, in place) vs
    ``sklearn.cluster.AgglomerativeClustering(linkage="ward")``: time, labels at k = 100
    (ARI), peak memory. Each contender runs in its own process, so peak RSS is its own.
 2. The torch RNN Ward on CPU, n = 5,000, d = 512, vs SciPy's ``linkage(X, "ward")``.
 3. With CUDA only: torch Ward at n = 50,000, d = 2,048 on the GPU, and k-means with
    k = 1,000 on 50,000 x 2,048 (cuML when installed, else skipped) vs scikit-learn.
+4. With ``--large-n N`` only: Ward in place at n = N, d = 512 (time, peak memory), and
+   fastcluster's O(n d) vector method, which it falls back to past half the available
+   memory, at N / 5 (at N itself it takes many minutes).
 
-Usage: python benchmarks/bench_cluster.py [--json] [--quick]
+Usage: python benchmarks/bench_cluster.py [--json] [--quick] [--large-n N]
 """
 
 from __future__ import annotations
@@ -45,6 +48,11 @@ _CHILD = textwrap.dedent(
     elif contender == "torch":
         from actors.clustering import AgglomerativeClustering
         make = lambda k: AgglomerativeClustering(k, backend="torch", device="cpu").fit_predict
+    elif contender == "vector":
+        import fastcluster
+        from actors.clustering import cut_linkage
+        make = lambda k: lambda Y: cut_linkage(
+            fastcluster.linkage_vector(Y.astype(np.float64), "ward"), k)
     elif contender == "scipy":
         from scipy.cluster.hierarchy import linkage
         from actors.clustering import cut_linkage
@@ -114,6 +122,19 @@ def bench_torch_ward_cpu(n: int, d: int, k: int, workdir: Path) -> dict:
     }
 
 
+def bench_large_ward(n: int, d: int, k: int, workdir: Path) -> dict:
+    X = mixture(n, d, seed=2)
+    ours, _ = run_child("stratalens", X, k, workdir)
+    vector, _ = run_child("vector", X[: n // 5], k, workdir)
+    return {
+        "large_ward_n": n,
+        "large_ward_seconds": ours["seconds"],
+        "large_ward_peak_extra_mib": ours["peak_extra_mib"],
+        "vector_ward_n": n // 5,
+        "vector_ward_seconds": vector["seconds"],
+    }
+
+
 def bench_gpu(quick: bool) -> dict:  # pragma: no cover - needs CUDA
     import time
 
@@ -146,7 +167,7 @@ def bench_gpu(quick: bool) -> dict:  # pragma: no cover - needs CUDA
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(__doc__, argv)
+    args = parse_args(__doc__, argv, large_n=0)
     import torch
 
     with tempfile.TemporaryDirectory(prefix="stratalens-bench-") as tmp:
@@ -157,6 +178,8 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             results = bench_ward_vs_sklearn(20_000, 512, 100, workdir)
             results |= bench_torch_ward_cpu(5_000, 512, 100, workdir)
+        if args.large_n:
+            results |= bench_large_ward(args.large_n, 512, 100, workdir)
     results["cuda"] = torch.cuda.is_available()
     if results["cuda"]:
         results |= bench_gpu(args.quick)

@@ -18,8 +18,8 @@ LINKAGES = ("ward", "average", "complete", "single")
 # The in-place NN-chain holds the O(n^2) float64 distances once. It runs while they take
 # at most this share of the memory available at fit time; past it, Ward and single
 # linkage switch to fastcluster's O(n d) vector method and the others raise. At
-# n = 50,000, d = 512 (10 GB of distances) the in-place fit took 87 s here, while the
-# vector method took 37 s at n = 10,000 already (its time grows as n^2 too).
+# n = 50,000, d = 512 (9.3 GiB of distances) the in-place fit took 107 s here, while the
+# vector method took 40 s at n = 10,000 already (its time grows as n^2 too).
 CONDENSED_MEMORY_FRACTION = 0.5
 # The budget where available memory cannot be read (not Linux).
 FALLBACK_CONDENSED_BUDGET_BYTES = 8 << 30
