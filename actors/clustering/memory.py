@@ -31,11 +31,7 @@ def available_memory_bytes(
 
 
 def _meminfo_available(path: str) -> int | None:
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
+    for line in _read(path).splitlines():
         if line.startswith("MemAvailable:"):
             return int(line.split()[1]) * 1024  # the file counts kB
     return None
@@ -43,8 +39,13 @@ def _meminfo_available(path: str) -> int | None:
 
 def _read_bytes(path: str) -> int | None:
     """An integer cgroup file; None when missing or unlimited ("max")."""
-    try:
-        text = Path(path).read_text().strip()
-    except OSError:
-        return None
+    text = _read(path).strip()
     return int(text) if text.isdigit() else None
+
+
+def _read(path: str) -> str:
+    """The file's text, or "" where it does not exist."""
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
