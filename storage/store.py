@@ -100,6 +100,11 @@ class EmbeddingStore:
         return f"EmbeddingStore({self.root!r})"
 
     # -- tables ---------------------------------------------------------------
+    @property
+    def is_object_store(self) -> bool:
+        """Whether the root is a URI (``s3://...``) rather than a local path."""
+        return "://" in self.root
+
     def uri(self, table: str) -> str:
         return f"{self.root}/{table}"
 
@@ -388,14 +393,14 @@ class EmbeddingStore:
             columns=[S.EMBEDDING],
             filter=filter,
             batch_size=rows_per_batch,
-            io_buffer_size=None if "://" in self.root else LOCAL_SCAN_IO_BUFFER_BYTES,
+            io_buffer_size=None if self.is_object_store else LOCAL_SCAN_IO_BUFFER_BYTES,
         )
         _copy_vectors(out, (batch.column(0) for batch in batches))
         return out
 
     def check_reachable(self) -> None:
         """Raise one clear StoreError when an object-store root's bucket cannot be reached."""
-        if "://" not in self.root:
+        if not self.is_object_store:
             return
         fs, base = self._filesystem()
         bucket = base.split("/")[0]
@@ -414,7 +419,7 @@ class EmbeddingStore:
     # -- internals ------------------------------------------------------------
     def _filesystem(self) -> tuple[pafs.FileSystem, str]:
         """A pyarrow filesystem for listing and deleting tables, configured like Lance."""
-        if "://" not in self.root:
+        if not self.is_object_store:
             return pafs.LocalFileSystem(), os.path.abspath(self.root)
         scheme, _, path = self.root.partition("://")
         if scheme == "s3":

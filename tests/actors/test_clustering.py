@@ -131,7 +131,7 @@ print((kib("VmHWM") - before) * 1024 / D.nbytes)
 )
 def test_distance_peak_memory_is_the_output_alone():
     """The scratch tiles fit in the part of the output not yet written (the old code
-    held a 32 MiB tile and malloc's retained copies on top of the output: +25%)."""
+    held a 32 MiB tile and malloc's retained copies on top of the output: 1.44x here)."""
     import subprocess
     import sys
     from pathlib import Path
