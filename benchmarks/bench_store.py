@@ -2,6 +2,9 @@
 
 On n x d float32 embeddings (default 50,000 x 2,048) on local disk:
 - ``write_vs_npsave``: ``np.save`` time / time to write and commit one embeddings unit;
+- ``lance_write_vs_npsave``: the same ratio for Lance's writer alone (the embedding
+  column, in the store's write threads, no key columns, checks or commit): the
+  ceiling of ``write_vs_npsave`` on this machine;
 - ``read_vs_npload``: ``np.load`` time / time to read the layer back into a NumPy array
   (``EmbeddingStore.embedding_array``);
 - ``take_1000_vs_scan``: time to fetch 1,000 random rows by ``sample_index`` (indexed
@@ -9,6 +12,10 @@ On n x d float32 embeddings (default 50,000 x 2,048) on local disk:
 - ``concurrent_speedup_8``: rows/s of 8 Ray tasks writing disjoint units at once over
   rows/s of one task writing the same 8 units in turn (one committer in both cases;
   both on the same 8 worker processes, started before the timing);
+- ``one_writer_busy_cores`` and ``eight_writers_busy_cores``: how many of the machine's
+  cores were busy, on average, during each run (every process and the kernel's
+  page-cache writeback, from /proc/stat), and ``speedup_8_bound`` = the machine's cores
+  over the first: the most that 8 writers could gain on this machine;
 - ``exactly_once``: re-running the 8 committed units added no row.
 Ratios above 1 favour stratalens for the first two and ``concurrent_speedup_8``;
 ``take_1000_vs_scan`` should be small.
@@ -22,6 +29,7 @@ import os
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +39,7 @@ from common import parse_args, report  # benchmarks/ is on sys.path
 
 from storage import EmbeddingStore, embeddings_table
 from storage import schema as S
+from storage.store import STORAGE_FORMAT, WRITE_THREADS
 
 REPEATS = 5  # best of: page faults on this VM make single runs noisy
 
@@ -75,6 +84,10 @@ def bench_single(X: np.ndarray, root: Path) -> dict:
         store.write_unit(table, "u", unit_rows(X, 0, "r0"), S.embeddings_schema(X.shape[1]))
 
     write_s = best_of(write, setup=lambda: shutil.rmtree(root / "store", ignore_errors=True))
+    lance_write_s = best_of(
+        lambda: lance_write(X, root / "lance"),
+        setup=lambda: shutil.rmtree(root / "lance", ignore_errors=True),
+    )
     store = EmbeddingStore(str(root / "store"))
     read_s = best_of(lambda: store.embedding_array("bench", "net", "layer"))
     assert np.array_equal(store.embedding_array("bench", "net", "layer"), X)
@@ -93,10 +106,31 @@ def bench_single(X: np.ndarray, root: Path) -> dict:
         "read_seconds": read_s,
         "scan_seconds": scan_s,
         "take_1000_seconds": take_s,
+        "lance_write_seconds": lance_write_s,
         "write_vs_npsave": save_s / write_s,
+        "lance_write_vs_npsave": save_s / lance_write_s,
         "read_vs_npload": load_s / read_s,
         "take_1000_vs_scan": take_s / scan_s,
     }
+
+
+def lance_write(X: np.ndarray, uri: Path) -> None:
+    """Lance's writer alone: X as one vector column, in the store's write threads."""
+    from lance.fragment import write_fragments  # after storage has set Lance's log level
+
+    vectors = pa.table({S.EMBEDDING: pa.FixedSizeListArray.from_arrays(X.ravel(), X.shape[1])})
+    step = -(-len(X) // WRITE_THREADS)
+
+    def write(start: int) -> None:
+        write_fragments(
+            vectors.slice(start, step),
+            str(uri),
+            mode="append",
+            data_storage_version=STORAGE_FORMAT,
+        )
+
+    with ThreadPoolExecutor(WRITE_THREADS) as pool:
+        list(pool.map(write, range(0, len(X), step)))
 
 
 @ray.remote(num_cpus=0.25)
@@ -127,6 +161,17 @@ def start_workers(n: int) -> None:
     ray.get([hold_worker.remote(time.time() + 2) for _ in range(n)])
 
 
+def busy_cpu_seconds() -> float | None:
+    """CPU seconds that all cores of this machine have been busy since boot (Linux only)."""
+    try:
+        first_line = Path("/proc/stat").read_text().split("\n", 1)[0]
+    except OSError:
+        return None
+    # cpu user nice system idle iowait irq softirq steal ...
+    ticks = [int(t) for t in first_line.split()[1:9]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def bench_concurrent(X: np.ndarray, root: Path, writers: int = 8) -> dict:
     from jobs.pipeline import init_ray
 
@@ -142,7 +187,10 @@ def bench_concurrent(X: np.ndarray, root: Path, writers: int = 8) -> dict:
     def clear() -> None:
         shutil.rmtree(root / "cstore", ignore_errors=True)
 
+    busy = {False: [], True: []}
+
     def run(parallel: bool) -> EmbeddingStore:
+        busy_before = busy_cpu_seconds()
         store = EmbeddingStore(str(root / "cstore"))
         if parallel:
             refs = [write_units.remote(store, X_ref, [s], per) for s in starts]
@@ -151,6 +199,8 @@ def bench_concurrent(X: np.ndarray, root: Path, writers: int = 8) -> dict:
         for units in ray.get(refs):
             for unit in units:
                 store.commit(unit)
+        if busy_before is not None:
+            busy[parallel].append(busy_cpu_seconds() - busy_before)
         return store
 
     seconds = {False: [], True: []}
@@ -158,6 +208,11 @@ def bench_concurrent(X: np.ndarray, root: Path, writers: int = 8) -> dict:
         for parallel in seconds:
             seconds[parallel].append(best_of(lambda p=parallel: run(p), repeats=1, setup=clear))
     one_s, many_s = min(seconds[False]), min(seconds[True])
+    # Busy cores during each fastest run (None off Linux).
+    one_cores, many_cores = (
+        busy[p][seconds[p].index(s)] / s if busy[p] else None
+        for p, s in ((False, one_s), (True, many_s))
+    )
     clear()
     store = run(parallel=True)
     rows_before, version = (
@@ -175,6 +230,10 @@ def bench_concurrent(X: np.ndarray, root: Path, writers: int = 8) -> dict:
         "one_writer_seconds": one_s,
         "eight_writers_seconds": many_s,
         "concurrent_speedup_8": one_s / many_s,
+        "cores": os.cpu_count(),
+        "one_writer_busy_cores": one_cores,
+        "eight_writers_busy_cores": many_cores,
+        "speedup_8_bound": os.cpu_count() / one_cores if one_cores else None,
         "all_rows_once": bool(len(np.unique(index)) == len(index) == per * writers),
         "exactly_once": bool(
             not any(rerun) and rows_after == rows_before and store.version(table) == version
