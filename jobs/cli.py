@@ -181,6 +181,7 @@ def embeddings(
     arch: str = typer.Option(..., "--arch", help="model architecture, e.g. small_cnn"),
     layer: str = typer.Option(..., "--layer", help="probed layer, e.g. fc2"),
     out: Path = typer.Option(..., "--out", help="output file: .npy, .parquet or .arrow"),
+    run: str = typer.Option(None, "--run", help="run id (see the runs table)"),
     seed: int = typer.Option(None, "--seed"),
     epoch: int = typer.Option(None, "--epoch"),
     split: str = typer.Option(None, "--split", help="train or test"),
@@ -197,7 +198,14 @@ def embeddings(
     if suffix not in (".npy", ".parquet", ".arrow"):
         _fail(f"--out {str(out)!r} has suffix {suffix or 'none'!r}; use .npy, .parquet or .arrow")
     opened = _open_existing(store)
-    query = dict(seed=seed, epoch=epoch, split=split, superclass=superclass, dataset_id=dataset)
+    query = dict(
+        run_id=run,
+        seed=seed,
+        epoch=epoch,
+        split=split,
+        superclass=superclass,
+        dataset_id=dataset,
+    )
     read = opened.embedding_array if suffix == ".npy" else opened.embeddings
     try:
         got = read(
@@ -236,6 +244,30 @@ def report(
     except StoreError as exc:
         _fail(str(exc))
     console.print(f"report: {page}")
+
+
+@app.command()
+def tag(
+    name: str = typer.Argument(None, help="tag name; leave out to list the tags"),
+    store: str = STORE_OPTION,
+) -> None:
+    """Name the current version of every table, to read later with --version NAME.
+
+    Without NAME, list the tags. `compact` keeps tagged versions; tagging again moves a tag.
+    """
+    opened = _open_existing(store)
+    if name is None:
+        table = Table("tag", "tables", "versions")
+        for tag_name, versions in opened.tags().items():
+            shown = sorted(set(versions.values()))
+            table.add_row(tag_name, str(len(versions)), ", ".join(map(str, shown)))
+        console.print(table)
+        return
+    try:
+        tagged = opened.tag_all(name)
+    except StoreError as exc:
+        _fail(str(exc))
+    console.print(f"tagged {len(tagged)} tables as {name!r}")
 
 
 @app.command()

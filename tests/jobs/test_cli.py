@@ -12,7 +12,7 @@ runner = CliRunner()
 def test_help_lists_commands():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("run", "ls", "show", "embeddings", "report"):
+    for command in ("run", "ls", "show", "embeddings", "report", "tag", "compact"):
         assert command in result.output
 
 
@@ -59,3 +59,42 @@ def test_bad_export_suffix(tmp_path):
     assert result.exit_code == 2
     assert "use .npy, .parquet or .arrow" in result.output
     assert not Path(tmp_path / "x.csv").exists()
+
+
+def test_tag_and_read_a_layer_as_it_was(tmp_path):
+    import numpy as np
+
+    from storage import EmbeddingStore, embeddings_table
+    from storage import schema as S
+    from tests.factories import embedding_unit
+
+    root = str(tmp_path / "s")
+    store = EmbeddingStore(root)
+    table = embeddings_table("exp", "net", "fc")
+    first, first_values = embedding_unit(3)
+    store.write_unit(table, "u1", first, S.embeddings_schema(4))
+    result = runner.invoke(app, ["tag", "v1", "--store", root])
+    assert result.exit_code == 0, result.output
+    assert "tagged 1 tables as 'v1'" in result.output
+    second, second_values = embedding_unit(4, run="r1", start=3, seed=1)
+    store.write_unit(table, "u2", second)
+
+    def export(*args: str) -> np.ndarray:
+        out = tmp_path / "x.npy"
+        args = ["embeddings", "exp", "--arch", "net", "--layer", "fc", "--out", str(out), *args]
+        result = runner.invoke(app, [*args, "--store", root])
+        assert result.exit_code == 0, result.output
+        return np.load(out)
+
+    np.testing.assert_array_equal(export("--version", "v1"), first_values)
+    np.testing.assert_array_equal(export("--run", "r1"), second_values)
+    assert len(export()) == 7
+
+    listed = runner.invoke(app, ["tag", "--store", root])
+    assert listed.exit_code == 0
+    assert "v1" in listed.output
+
+    bad = runner.invoke(app, ["tag", "a b", "--store", root])
+    assert bad.exit_code == 2
+    assert "is not allowed" in bad.output
+    assert set(store.tags()) == {"v1"}

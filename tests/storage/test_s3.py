@@ -81,11 +81,14 @@ def test_bad_input_leaves_the_object_store_unchanged(s3_store):
     assert s3_store.version(TABLE) == version
 
 
-def test_delete_and_compact_on_the_object_store(s3_store):
+def test_tags_delete_and_compact_on_the_object_store(s3_store):
     s3_store.write_unit(TABLE, "u1", rows(5)[0], S.embeddings_schema(4))
+    s3_store.tag_all("first")
     s3_store.write_unit(TABLE, "u2", rows(5, start=5)[0])
     s3_store.compact()
     assert s3_store.read(TABLE).num_rows == 10
+    assert s3_store.embeddings("exp", "net", "fc", version="first").num_rows == 5
+    assert set(s3_store.tags()) == {"first"}
     s3_store.delete_experiment("exp")
     assert s3_store.list_tables() == []
 

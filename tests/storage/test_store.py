@@ -171,6 +171,27 @@ def test_tags_name_old_versions(store):
         store.embeddings("exp", "net", "fc", version="nope")
 
 
+def test_tag_all_snapshots_every_table_and_lists_tags(store):
+    store.write_unit(TABLE, "u1", rows(3)[0], S.embeddings_schema(4))
+    other = embeddings_table("exp", "net", "conv")
+    store.write_unit(other, "u1", rows(2)[0], S.embeddings_schema(4))
+    tagged = store.tag_all("before")
+    assert tagged == {TABLE: store.version(TABLE), other: store.version(other)}
+    store.write_unit(TABLE, "u2", rows(4, start=3)[0])
+    assert store.embeddings("exp", "net", "fc", version="before").num_rows == 3
+    assert store.embeddings("exp", "net", "fc").num_rows == 7
+    store.tag(TABLE, "before")  # tagging again moves the tag
+    assert store.tags() == {"before": {TABLE: store.version(TABLE), other: tagged[other]}}
+
+
+@pytest.mark.parametrize("name", ["", "a b", "../x", "x/y", "12", "\u00e9t\u00e9"])
+def test_bad_tag_names_are_refused_and_tag_nothing(store, name):
+    store.write_unit(TABLE, "u1", rows(3)[0], S.embeddings_schema(4))
+    with pytest.raises(StoreError, match="tag name .* is not allowed"):
+        store.tag_all(name)
+    assert store.tags() == {}
+
+
 def test_compact_removes_orphans_and_old_versions_but_no_rows(store):
     import pathlib
 
