@@ -47,6 +47,10 @@ LOCAL_SCAN_IO_BUFFER_BYTES = 16 << 20
 # 50,000 x 2,048 float32 wrote 1.35x faster in 4 slices than in one on 2 cores.
 PARALLEL_WRITE_MIN_BYTES = 64 << 20
 WRITE_THREADS = 4
+# Bytes per batch handed to Lance when a unit is given as a table: checking and encoding
+# 16 MiB at a time wrote the same 400 MB unit ~10% faster than whole 100 MB slices
+# (best of 9, alternating: 0.161 s vs 0.179 s; 8 MiB: 0.166 s).
+WRITE_BATCH_BYTES = 16 << 20
 # Lance file format of new tables: 2.0 wrote 2.6x and read 1.3x faster than 2.2 for
 # 50,000 x 2,048 float32 vectors on the development machine.
 STORAGE_FORMAT = "2.0"
@@ -149,9 +153,10 @@ class EmbeddingStore:
 
         ``data`` holds every column of the table but ``unit_key``, which is
         filled in here. Batches are validated and written one at a time, so a
-        stream larger than memory is fine. A table of at least
-        ``PARALLEL_WRITE_MIN_BYTES`` is cut into ``WRITE_THREADS`` slices written
-        as fragments side by side (Lance releases the GIL), in row order.
+        stream larger than memory is fine. A table is handed over in batches of
+        ``WRITE_BATCH_BYTES``; one of at least ``PARALLEL_WRITE_MIN_BYTES`` is cut
+        into ``WRITE_THREADS`` slices written as fragments side by side (Lance
+        releases the GIL), in row order.
         """
         existing = self.dataset(table)
         schema = _expected_schema(table, schema, existing)
@@ -160,13 +165,12 @@ class EmbeddingStore:
         def write(batches: Iterable[pa.RecordBatch]) -> tuple[list[FragmentMetadata], int]:
             return self._write_stream(table, unit_key, batches, schema, version)
 
-        if isinstance(data, pa.Table) and data.nbytes >= PARALLEL_WRITE_MIN_BYTES:
-            step = -(-data.num_rows // WRITE_THREADS)
-            slices = [data.slice(lo, step).to_batches() for lo in range(0, data.num_rows, step)]
-            with ThreadPoolExecutor(len(slices), thread_name_prefix="lance-write") as pool:
-                written = list(pool.map(write, slices))
+        streams = _write_streams(data) if isinstance(data, pa.Table) else [data]
+        if len(streams) == 1:
+            written = [write(streams[0])]
         else:
-            written = [write(data.to_batches() if isinstance(data, pa.Table) else data)]
+            with ThreadPoolExecutor(len(streams), thread_name_prefix="lance-write") as pool:
+                written = list(pool.map(write, streams))
         fragments = [f for part, _ in written for f in part]
         return PendingUnit(table, unit_key, schema, fragments, sum(rows for _, rows in written))
 
@@ -466,6 +470,17 @@ def _expected_schema(
     if table in S.FIXED_SCHEMAS:
         return S.FIXED_SCHEMAS[table]
     raise StoreError(f"table {table!r} is new, so write_fragments needs its schema")
+
+
+def _write_streams(data: pa.Table) -> list[list[pa.RecordBatch]]:
+    """The batch streams a unit given as a table is written in, one per write thread."""
+    parts = WRITE_THREADS if data.nbytes >= PARALLEL_WRITE_MIN_BYTES else 1
+    step = max(1, -(-data.num_rows // parts))
+    batch_rows = max(1, WRITE_BATCH_BYTES * data.num_rows // max(1, data.nbytes))
+    return [
+        data.slice(start, step).to_batches(max_chunksize=batch_rows)
+        for start in range(0, max(1, data.num_rows), step)
+    ]
 
 
 def _check_tag_name(name: str) -> None:

@@ -251,6 +251,7 @@ def test_a_large_table_is_written_as_parallel_fragments_in_row_order(store, monk
     import storage.store
 
     monkeypatch.setattr(storage.store, "PARALLEL_WRITE_MIN_BYTES", 1)
+    monkeypatch.setattr(storage.store, "WRITE_BATCH_BYTES", 1_000)  # several batches a slice
     table, values = rows(103, dim=8)
     pending = store.write_fragments(TABLE, "u1", table, S.embeddings_schema(8))
     assert len(pending.fragments) == storage.store.WRITE_THREADS and pending.n_rows == 103
@@ -272,8 +273,9 @@ def test_nan_in_one_parallel_slice_fails_the_unit_and_leaves_the_store_unchanged
     store.write_unit(TABLE, "u0", rows(5, dim=8)[0], S.embeddings_schema(8))
     version = store.version(TABLE)
     monkeypatch.setattr(storage.store, "PARALLEL_WRITE_MIN_BYTES", 1)
+    monkeypatch.setattr(storage.store, "WRITE_BATCH_BYTES", 1_000)
     table, values = rows(100, dim=8, start=5)
-    values[90, 3] = np.inf  # in the last slice
+    values[90, 3] = np.inf  # in a later batch of the last slice
     bad = table.set_column(
         table.schema.get_field_index("embedding"),
         "embedding",
