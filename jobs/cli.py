@@ -13,7 +13,6 @@ from rich.table import Table
 
 from storage import DEFAULT_STORE, EmbeddingStore, StoreError
 from storage import schema as S
-from storage.filters import where
 
 app = typer.Typer(
     add_completion=False,
@@ -190,13 +189,15 @@ def embeddings(
     version: str = typer.Option(None, "--version", help="read an older version (number or tag)"),
     store: str = STORE_OPTION,
 ) -> None:
-    """Export one layer's embeddings, filtered by key columns."""
-    import pyarrow.feather as feather
-    import pyarrow.parquet as pq
+    """Export one layer's embeddings, filtered by key columns (streamed: any size fits)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    suffix = out.suffix.lower()
-    if suffix not in (".npy", ".parquet", ".arrow"):
-        _fail(f"--out {str(out)!r} has suffix {suffix or 'none'!r}; use .npy, .parquet or .arrow")
+    from storage.export import export_format, export_layer
+
+    try:
+        export_format(out)
+    except StoreError as exc:
+        _fail(str(exc))
     opened = _open_existing(store)
     query = dict(
         run_id=run,
@@ -206,28 +207,25 @@ def embeddings(
         superclass=superclass,
         dataset_id=dataset,
     )
-    read = opened.embedding_array if suffix == ".npy" else opened.embeddings
-    try:
-        got = read(
-            experiment,
-            arch,
-            layer,
-            version=int(version) if version and version.isdigit() else version,
-            **query,
-        )
-    except StoreError as exc:
-        _fail(str(exc))
-    if len(got) == 0:
-        _fail(f"no embeddings match {where(**query)}; loosen the filters")
     out.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".npy":
-        np.save(out, got)
-        shape = got.shape
-    else:
-        rows = got.drop_columns([S.UNIT_KEY])
-        (pq.write_table if suffix == ".parquet" else feather.write_feather)(rows, out)
-        shape = (rows.num_rows, rows.schema.field(S.EMBEDDING).type.list_size)
-    console.print(f"wrote {shape[0]} x {shape[1]} to {out}")
+    columns = (TextColumn("export {task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=err_console, transient=True) as bar:
+        task = bar.add_task(layer, total=None)
+        try:
+            n, d = export_layer(
+                opened,
+                experiment,
+                arch,
+                layer,
+                out,
+                version=int(version) if version and version.isdigit() else version,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+                **query,
+            )
+        except StoreError as exc:
+            bar.stop()
+            _fail(str(exc))
+    console.print(f"wrote {n} x {d} to {out}")
 
 
 @app.command()

@@ -414,14 +414,27 @@ class EmbeddingStore:
             dtype=dtype or vector.value_type.to_pandas_dtype(),
         )
         rows_per_batch = max(1, SCAN_BATCH_BYTES // (vector.list_size * out.itemsize))
-        batches = ds.to_batches(
-            columns=[S.EMBEDDING],
+        batches = self.scan(ds, [S.EMBEDDING], filter, rows_per_batch)
+        _copy_vectors(out, (batch.column(0) for batch in batches))
+        return out
+
+    def scan(
+        self,
+        ds: lance.LanceDataset,
+        columns: list[str],
+        filter: str | None,
+        rows_per_batch: int,
+    ) -> Iterator[pa.RecordBatch]:
+        """``columns`` of the rows of ``ds`` that match ``filter``, batch by batch.
+
+        From local disk Lance reads ahead at most ``LOCAL_SCAN_IO_BUFFER_BYTES``.
+        """
+        return ds.to_batches(
+            columns=columns,
             filter=filter,
             batch_size=rows_per_batch,
             io_buffer_size=None if self.is_object_store else LOCAL_SCAN_IO_BUFFER_BYTES,
         )
-        _copy_vectors(out, (batch.column(0) for batch in batches))
-        return out
 
     def check_reachable(self) -> None:
         """Raise one clear StoreError when an object-store root's bucket cannot be reached."""
