@@ -27,13 +27,12 @@ import lance  # noqa: E402
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
+from lance.commit import CommitConflictError
 from lance.fragment import FragmentMetadata, write_fragments
 
 from storage import schema as S
 from storage.filters import where
 
-COMMIT_MAX_RETRIES = 5
-COMMIT_RETRY_BACKOFF_S = 0.2
 ROWS_PER_GROUP = 1024
 # Bytes of embeddings per scanned batch when streaming a layer into one array: small
 # batches stay in cache between Lance's decode and the copy into the result, which
@@ -78,6 +77,30 @@ class StoreError(ValueError):
 
 
 @dataclass(frozen=True)
+class CommitRetryPolicy:
+    """How a commit that loses a race to another writer's commit is retried.
+
+    Lance reports such a race as ``CommitConflictError``; the commit is tried up to
+    ``attempts`` times in all, ``backoff_s * 2**i`` seconds after the i-th conflict
+    (0.2 + 0.4 + 0.8 + 1.6 s by default), re-reading the table each time. Appends
+    never conflict with each other; an overwrite or a restore of the table does.
+    """
+
+    attempts: int = 5
+    backoff_s: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1 or self.backoff_s < 0:
+            raise StoreError(
+                f"{self!r} is not a retry policy; use attempts >= 1 and backoff_s >= 0"
+            )
+
+    def delay(self, failed_attempt: int) -> float:
+        """Seconds to wait after the ``failed_attempt``-th conflict (0-based)."""
+        return self.backoff_s * 2**failed_attempt
+
+
+@dataclass(frozen=True)
 class PendingUnit:
     """Data files of one unit of work, written but not yet visible."""
 
@@ -97,11 +120,20 @@ class EmbeddingStore:
         ``./stratalens-store``, ``/abs/path`` or ``s3://bucket/prefix``.
     storage_options : dict, optional
         Passed to Lance for object stores (endpoint, region, credentials).
+    commit_retry : CommitRetryPolicy, optional
+        How commits that lose a race with another writer are retried.
     """
 
-    def __init__(self, root: str, *, storage_options: dict[str, str] | None = None):
+    def __init__(
+        self,
+        root: str,
+        *,
+        storage_options: dict[str, str] | None = None,
+        commit_retry: CommitRetryPolicy = CommitRetryPolicy(),
+    ):
         self.root = str(root).rstrip("/")
         self.storage_options = storage_options or None
+        self.commit_retry = commit_retry
 
     def __repr__(self) -> str:
         return f"EmbeddingStore({self.root!r})"
@@ -207,35 +239,50 @@ class EmbeddingStore:
         return list(fragments), counted.rows
 
     def commit(self, unit: PendingUnit) -> bool:
-        """Make ``unit`` visible in one transaction; ``False`` if its key was already there."""
+        """Make ``unit`` visible in one transaction; ``False`` if its key was already there.
+
+        Units are only ever appended (a new table is first created empty), so two
+        committers racing on one table never replace each other's rows; a commit that
+        loses a race is retried as ``commit_retry`` says.
+        """
         if unit.n_rows == 0:
             raise StoreError(
                 f"unit {unit.unit_key!r} of table {unit.table!r} has no rows to commit"
             )
-        for attempt in range(COMMIT_MAX_RETRIES):
-            ds = self.dataset(unit.table)
-            if ds is not None and _has_key(ds, unit.unit_key):
+        policy = self.commit_retry
+        for attempt in range(policy.attempts):
+            ds = self.dataset(unit.table) or self._create_table(unit.table, unit.schema)
+            if _has_key(ds, unit.unit_key):
                 return False
             try:
-                if ds is None:
-                    operation = lance.LanceOperation.Overwrite(unit.schema, unit.fragments)
-                    read_version = None
-                else:
-                    operation = lance.LanceOperation.Append(unit.fragments)
-                    read_version = ds.version
                 lance.LanceDataset.commit(
                     self.uri(unit.table),
-                    operation,
-                    read_version=read_version,
+                    lance.LanceOperation.Append(unit.fragments),
+                    read_version=ds.version,
                     storage_options=self.storage_options,
                     commit_message=unit.unit_key,
                 )
                 return True
-            except OSError:
-                if attempt == COMMIT_MAX_RETRIES - 1:
+            except CommitConflictError:
+                if attempt == policy.attempts - 1:
                     raise
-                time.sleep(COMMIT_RETRY_BACKOFF_S * 2**attempt)
+                time.sleep(policy.delay(attempt))
         return False  # pragma: no cover - the loop returns or raises
+
+    def _create_table(self, table: str, schema: pa.Schema) -> lance.LanceDataset:
+        """Create ``table`` empty, unless another writer created it first."""
+        try:
+            lance.write_dataset(
+                schema.empty_table(),
+                self.uri(table),
+                mode="create",
+                data_storage_version=STORAGE_FORMAT,
+                storage_options=self.storage_options,
+            )
+        except OSError:
+            if not self.exists(table):
+                raise
+        return self.dataset(table)
 
     def write_unit(
         self,

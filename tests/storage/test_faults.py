@@ -1,17 +1,24 @@
-"""Writers killed at any point leave nothing visible; 8 concurrent writers commit every row once."""
+"""Writers killed at any point leave nothing visible; 8 concurrent writers commit every row
+once; committers racing on one table keep every unit, and lost races are retried, boundedly."""
 
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import lance
 import numpy as np
+import pyarrow as pa
 import pytest
 
-from storage import EmbeddingStore, embeddings_table
+from storage import EmbeddingStore, StoreError, embeddings_table
 from storage import schema as S
+from storage.store import CommitRetryPolicy
+from tests.factories import embedding_unit
 
 TABLE = embeddings_table("exp", "net", "fc")
 DIM = 16
@@ -119,3 +126,95 @@ def test_eight_concurrent_ray_writers_commit_every_row_once(store, local_ray):
         assert results == [attempt == 0] * 8
     index = store.read(TABLE, columns=["sample_index"]).column(0).to_numpy()
     assert sorted(index) == list(range(800))
+
+
+def test_committers_racing_to_create_a_table_keep_every_unit(tmp_path):
+    """Eight committers (each its own store object, as separate runs would have) commit
+    to a table that does not exist yet, all at once: one creates it, none replaces
+    another's rows."""
+    root = str(tmp_path / "store")
+    units = [
+        EmbeddingStore(root).write_fragments(
+            TABLE, f"u{i}", embedding_unit(5, start=5 * i)[0], S.embeddings_schema(4)
+        )
+        for i in range(8)
+    ]
+    start = threading.Barrier(len(units))
+
+    def commit(unit):
+        start.wait()
+        return EmbeddingStore(root).commit(unit)
+
+    with ThreadPoolExecutor(len(units)) as pool:
+        assert list(pool.map(commit, units)) == [True] * 8
+    store = EmbeddingStore(root)
+    assert store.committed_keys(TABLE) == {f"u{i}" for i in range(8)}
+    assert sorted(store.read(TABLE).column("sample_index").to_pylist()) == list(range(40))
+
+
+def test_a_committer_that_saw_no_table_keeps_the_rows_committed_since(tmp_path, monkeypatch):
+    """B looks for the table, finds none, and A creates it and commits before B commits:
+    B must append to A's table, not create it afresh over A's unit."""
+    root = str(tmp_path / "store")
+    a, b = EmbeddingStore(root), EmbeddingStore(root)
+    unit_a = a.write_fragments(TABLE, "a", embedding_unit(3)[0], S.embeddings_schema(4))
+    unit_b = b.write_fragments(TABLE, "b", embedding_unit(4, start=3)[0], S.embeddings_schema(4))
+    real_dataset = EmbeddingStore.dataset
+    looked = []
+
+    def a_commits_right_after_b_looks(self, table, **kwargs):
+        if self is b and not looked:
+            looked.append(table)
+            assert a.commit(unit_a)
+            return None  # what B saw
+        return real_dataset(self, table, **kwargs)
+
+    monkeypatch.setattr(EmbeddingStore, "dataset", a_commits_right_after_b_looks)
+    assert b.commit(unit_b)
+    assert a.committed_keys(TABLE) == {"a", "b"}
+    assert a.read(TABLE).num_rows == 7
+
+
+def _lose_every_race(monkeypatch, store: EmbeddingStore, times: int) -> list[int]:
+    """Before each of the next ``times`` commits of ``store``, another writer overwrites
+    the table (a real Lance commit), so that commit meets a real conflict."""
+    real_commit = lance.LanceDataset.commit
+    calls = []
+
+    def commit_after_a_rival(base_uri, operation, **kwargs):
+        calls.append(kwargs.get("read_version"))
+        if len(calls) <= times and isinstance(operation, lance.LanceOperation.Append):
+            rival, _ = embedding_unit(2, run="rival", start=1000 + len(calls))
+            rival = rival.append_column(S.UNIT_KEY, pa.array([f"rival{len(calls)}"] * 2))
+            fragments = lance.fragment.write_fragments(rival, base_uri, mode="append")
+            schema = lance.dataset(base_uri).schema
+            real_commit(base_uri, lance.LanceOperation.Overwrite(schema, fragments))
+        return real_commit(base_uri, operation, **kwargs)
+
+    monkeypatch.setattr(lance.LanceDataset, "commit", commit_after_a_rival)
+    return calls
+
+
+def test_a_commit_that_loses_a_race_is_retried(store, monkeypatch):
+    store.commit_retry = CommitRetryPolicy(attempts=3, backoff_s=0.0)
+    store.write_unit(TABLE, "u0", embedding_unit(3)[0], S.embeddings_schema(4))
+    calls = _lose_every_race(monkeypatch, store, times=2)
+    assert store.write_unit(TABLE, "u1", embedding_unit(4, start=3)[0])
+    assert len(calls) == 3  # two conflicts, then the commit
+    assert "u1" in store.committed_keys(TABLE)
+
+
+def test_retries_are_bounded_by_the_policy(store, monkeypatch):
+    store.commit_retry = CommitRetryPolicy(attempts=3, backoff_s=0.0)
+    store.write_unit(TABLE, "u0", embedding_unit(3)[0], S.embeddings_schema(4))
+    calls = _lose_every_race(monkeypatch, store, times=10)
+    with pytest.raises(lance.commit.CommitConflictError):
+        store.write_unit(TABLE, "u1", embedding_unit(4, start=3)[0])
+    assert len(calls) == 3
+    assert "u1" not in store.committed_keys(TABLE)
+
+
+@pytest.mark.parametrize("policy", [dict(attempts=0), dict(backoff_s=-1.0)])
+def test_a_bad_retry_policy_is_refused(policy):
+    with pytest.raises(StoreError, match="is not a retry policy"):
+        CommitRetryPolicy(**policy)

@@ -81,6 +81,14 @@ def test_bad_input_leaves_the_object_store_unchanged(s3_store):
     assert s3_store.version(TABLE) == version
 
 
+def test_creating_a_table_that_exists_keeps_its_rows_on_the_object_store(s3_store):
+    """What a committer that saw no table does when another committed first."""
+    s3_store.write_unit(TABLE, "u1", rows(5)[0], S.embeddings_schema(4))
+    version = s3_store.version(TABLE)
+    ds = s3_store._create_table(TABLE, s3_store.dataset(TABLE).schema)
+    assert ds.version == version and ds.count_rows() == 5
+
+
 def test_tags_delete_and_compact_on_the_object_store(s3_store):
     s3_store.write_unit(TABLE, "u1", rows(5)[0], S.embeddings_schema(4))
     s3_store.tag_all("first")
