@@ -234,7 +234,7 @@ def report(
     out: Path = typer.Option(Path("stratalens-report"), "--out", help="output folder"),
     store: str = STORE_OPTION,
 ) -> None:
-    """Write an HTML report with AMI/purity-vs-layer plots and cross-seed ARI heatmaps."""
+    """Write an HTML report: AMI/purity vs layer, cross-seed ARI heatmaps, cluster galleries."""
     from services.report import write_report
 
     try:

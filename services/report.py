@@ -1,7 +1,8 @@
 """Summaries of a stored experiment: tables for the terminal, an HTML + PNG report.
 
-Everything is read back from the store (``runs``, ``metrics``, ``pairs``), so a
-report can be rebuilt at any time without re-running the study.
+Everything is read back from the store (``runs``, ``metrics``, ``pairs``, and
+``clusterings`` with ``samples`` for the cluster galleries), so a report can be
+rebuilt at any time without re-running the study.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from actors.models import probe_layers
+from services.gallery import cluster_gallery, gallery_html
 from storage import EmbeddingStore, StoreError
 from storage import schema as S
 from storage.filters import where
@@ -132,6 +134,9 @@ def write_report(store: EmbeddingStore, experiment_id: str, out_dir: str | Path)
             + "".join(f'<img src="{name}" alt="{name}">' for name in images)
             + _profile_html(profile)
         )
+    if methods:
+        shown = "ward" if "ward" in methods else methods[0]
+        sections.append(_galleries_html(store, experiment_id, runs, shown))
     page = out / "index.html"
     page.write_text(_PAGE.format(title=html.escape(experiment_id), body="\n".join(sections)))
     return page
@@ -183,6 +188,41 @@ def _plot_consistency(store, experiment_id, row, method: str, factor: int, out: 
     return name
 
 
+def _galleries_html(
+    store: EmbeddingStore, experiment_id: str, runs: pd.DataFrame, method: str
+) -> str:
+    """Thumbnails of the largest clusters of the last probed layer, first seed of each
+    (dataset, arch), at the smallest overclustering factor."""
+    factor = int(
+        store.read(
+            S.METRICS,
+            columns=["overclustering_factor"],
+            filter=where(experiment_id=experiment_id, method=method),
+        )
+        .column(0)
+        .to_numpy()
+        .min()
+    )
+    sections = [f"<h2>Clusters ({method}, k = subclasses x {factor})</h2>"]
+    for row in runs.sort_values("seed").drop_duplicates(["dataset_id", "arch"]).itertuples():
+        layer = layer_order(row.arch)[-1]
+        gallery = cluster_gallery(
+            store,
+            experiment_id,
+            dataset_id=row.dataset_id,
+            arch=row.arch,
+            seed=int(row.seed),
+            layer=layer,
+            method=method,
+            factor=factor,
+        )
+        sections.append(
+            f"<h3>{html.escape(f'{row.dataset} / {row.hierarchy}, {row.arch}, {layer}')}"
+            f", seed {row.seed}</h3>" + gallery_html(gallery)
+        )
+    return "\n".join(sections)
+
+
 def _runs_html(runs: pd.DataFrame) -> str:
     columns = ["dataset", "hierarchy", "arch", "seed", "epochs", "train_accuracy", "test_accuracy"]
     return "<h2>Runs (superclass accuracy)</h2>" + runs[columns].to_html(
@@ -208,6 +248,8 @@ _PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>stratalens: {title}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1400px}}
 img{{max-width:48%;margin:4px}}
+img.thumb{{width:36px;height:36px;margin:1px;image-rendering:pixelated}}
+div.cluster{{margin:2px 0}} div.cluster span{{display:inline-block;width:24em;font-size:90%}}
 table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:2px 8px}}</style>
 </head><body>

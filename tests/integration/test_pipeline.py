@@ -186,6 +186,47 @@ def test_report_and_profile(study, tmp_path):
     for name in ("ami_vs_layer_ward.png", "purity_vs_layer_kmeans.png"):
         assert name in html and (tmp_path / "report" / name).stat().st_size > 1000
     assert sum(1 for p in (tmp_path / "report").glob("ari_*.png")) == 4
+    assert "<h2>Clusters (ward" in html and 'src="data:image/png;base64,' in html
+
+
+def test_cluster_gallery_shows_the_stored_clusters_with_their_thumbnails(study):
+    import io
+
+    from PIL import Image
+
+    from services.gallery import cluster_gallery, gallery_html
+    from storage import StoreError
+
+    _, store, _ = study
+    runs = store.read(S.RUNS, filter=where(experiment_id="it", dataset="digits")).to_pandas()
+    dataset_id, layer = runs.dataset_id.iloc[0], LAYERS[-1]
+    keys = dict(dataset_id=dataset_id, arch="small_cnn", seed=0, layer=layer, method="ward")
+    gallery = cluster_gallery(store, "it", factor=1, clusters=3, images=4, **keys)
+    stored = store.read(
+        S.CLUSTERINGS, filter=where(experiment_id="it", overclustering_factor=1, **keys)
+    ).to_pylist()
+    samples = store.read(S.SAMPLES, filter=where(dataset_id=dataset_id, split="test"))
+    samples = samples.to_pandas().set_index("sample_index")
+    assert len(gallery) == min(4, len(stored))
+    for row, (superclass, views) in zip(
+        sorted(stored, key=lambda r: int(r["scope"].split("=")[1])), gallery.items(), strict=False
+    ):
+        index, labels = np.array(row["sample_index"]), np.array(row["labels"])
+        assert superclass == samples.superclass_name[index[0]]
+        sizes = [v.size for v in views]
+        assert sizes == sorted(np.bincount(labels), reverse=True)[:3]
+        for view in views:
+            members = index[labels == view.cluster]
+            assert view.size == len(members)
+            names = samples.subclass_name[members].value_counts()
+            assert view.subclasses[0][1] == names.iloc[0]
+            assert view.thumbnails == list(samples.thumbnail[members[:4]])
+            assert Image.open(io.BytesIO(view.thumbnails[0])).size[0] > 0
+    assert gallery_html(gallery).count('src="data:image/png;base64,') == sum(
+        len(v.thumbnails) for views in gallery.values() for v in views
+    )
+    with pytest.raises(StoreError, match="no 'ward' clustering of layer 'nope'"):
+        cluster_gallery(store, "it", factor=1, **(keys | {"layer": "nope"}))
 
 
 def test_cli_show_and_export(study, tmp_path):
