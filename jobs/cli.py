@@ -277,11 +277,25 @@ def compact(
 
     Tagged versions are kept. Run it when no `stratalens run` is writing to the store.
     """
+    from rich.progress import track
+
     opened = _open_existing(store)
-    removed = opened.compact(keep_versions=keep_versions)
-    console.print(
-        f"compacted {len(removed)} tables, removed {sum(removed.values()) / 2**20:.1f} MiB"
+    tables = opened.list_tables()
+    removed = sum(
+        opened.compact_table(table, keep_versions=keep_versions)
+        for table in track(tables, description="compact", console=err_console, transient=True)
     )
+    console.print(f"compacted {len(tables)} tables, removed {_size(removed)}")
+
+
+def _size(n_bytes: float) -> str:
+    """``n_bytes`` in B, KiB, MiB or GiB, e.g. ``12.5 MiB``."""
+    units = ("B", "KiB", "MiB", "GiB")
+    power = 0
+    while n_bytes >= 1024 and power < len(units) - 1:
+        n_bytes /= 1024
+        power += 1
+    return f"{n_bytes:.0f} B" if power == 0 else f"{n_bytes:.1f} {units[power]}"
 
 
 BENCHMARKS = ("cluster", "metrics", "store")

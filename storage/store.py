@@ -319,16 +319,20 @@ class EmbeddingStore:
 
         Returns the bytes removed per table.
         """
-        removed = {}
-        for table in self.list_tables():
-            self.optimize(table)
-            stats = self.dataset(table).cleanup_old_versions(
-                retain_versions=keep_versions,
-                delete_unverified=True,
-                error_if_tagged_old_versions=False,
-            )
-            removed[table] = int(stats.bytes_removed)
-        return removed
+        return {
+            table: self.compact_table(table, keep_versions=keep_versions)
+            for table in self.list_tables()
+        }
+
+    def compact_table(self, table: str, *, keep_versions: int = 1) -> int:
+        """``compact`` for one table; the bytes removed."""
+        self.optimize(table)
+        stats = self.dataset(table).cleanup_old_versions(
+            retain_versions=keep_versions,
+            delete_unverified=True,
+            error_if_tagged_old_versions=False,
+        )
+        return int(stats.bytes_removed)
 
     def tag(self, table: str, name: str, version: int | None = None) -> int:
         """Name a version of ``table`` (default: the current one) so it can be read later.

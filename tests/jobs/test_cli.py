@@ -98,3 +98,27 @@ def test_tag_and_read_a_layer_as_it_was(tmp_path):
     assert bad.exit_code == 2
     assert "is not allowed" in bad.output
     assert set(store.tags()) == {"v1"}
+
+
+def test_compact_command_removes_orphans_and_keeps_rows_and_tags(tmp_path):
+    from storage import EmbeddingStore, embeddings_table
+    from storage import schema as S
+    from tests.factories import embedding_unit
+
+    root = str(tmp_path / "s")
+    store = EmbeddingStore(root)
+    fc, conv = embeddings_table("exp", "net", "fc"), embeddings_table("exp", "net", "conv")
+    for table in (fc, conv):
+        store.write_unit(table, "u1", embedding_unit(3)[0], S.embeddings_schema(4))
+    store.tag(fc, "kept")
+    store.write_unit(fc, "u2", embedding_unit(2, start=3)[0])
+    store.write_fragments(fc, "orphan", embedding_unit(5, start=5)[0])  # never committed
+    data_files = lambda: len(list(Path(store.uri(fc), "data").iterdir()))  # noqa: E731
+    before = data_files()
+    result = runner.invoke(app, ["compact", "--store", root])
+    assert result.exit_code == 0, result.output
+    assert "compacted 2 tables, removed" in result.output
+    assert "removed 0 B" not in result.output
+    assert data_files() < before
+    assert store.read(fc).num_rows == 5 and store.read(conv).num_rows == 3
+    assert store.embeddings("exp", "net", "fc", version="kept").num_rows == 3
