@@ -151,7 +151,15 @@ class EmbeddingStore:
         """The Lance dataset behind ``table``, or ``None`` when it does not exist yet."""
         if not self._has_table_files(table):
             return None
-        return lance.dataset(self.uri(table), version=version, storage_options=self.storage_options)
+        try:
+            return lance.dataset(
+                self.uri(table), version=version, storage_options=self.storage_options
+            )
+        except ValueError as exc:
+            # Being created by another writer: the folder is there, no version yet.
+            if version is None and "not found" in str(exc).lower():
+                return None
+            raise
 
     def exists(self, table: str) -> bool:
         return self._has_table_files(table)
@@ -251,10 +259,10 @@ class EmbeddingStore:
             )
         policy = self.commit_retry
         for attempt in range(policy.attempts):
-            ds = self.dataset(unit.table) or self._create_table(unit.table, unit.schema)
-            if _has_key(ds, unit.unit_key):
-                return False
             try:
+                ds = self.dataset(unit.table) or self._create_table(unit.table, unit.schema)
+                if _has_key(ds, unit.unit_key):
+                    return False
                 lance.LanceDataset.commit(
                     self.uri(unit.table),
                     lance.LanceOperation.Append(unit.fragments),
@@ -270,18 +278,39 @@ class EmbeddingStore:
         return False  # pragma: no cover - the loop returns or raises
 
     def _create_table(self, table: str, schema: pa.Schema) -> lance.LanceDataset:
-        """Create ``table`` empty, unless another writer created it first."""
+        """Create ``table`` empty, unless another writer created it first.
+
+        Lance has no create-if-absent: a creation whose check ran before another
+        writer's lands after that writer's commits, as an overwrite that hides them.
+        A creator that lands on any version but the first therefore appends the
+        fragments of the version before its own at once, so every unit committed
+        meanwhile is visible again, once.
+        """
         try:
-            lance.write_dataset(
+            created = lance.write_dataset(
                 schema.empty_table(),
                 self.uri(table),
                 mode="create",
                 data_storage_version=STORAGE_FORMAT,
                 storage_options=self.storage_options,
             )
-        except OSError:
+        except OSError as exc:
             if not self.exists(table):
                 raise
+            ds = self.dataset(table)  # another writer created it
+            if ds is None:  # ... and has not written its first version yet
+                raise CommitConflictError(f"table {table!r} is being created") from exc
+            return ds
+        if created.version > 1:
+            hidden = created.checkout_version(created.version - 1).get_fragments()
+            if hidden:
+                lance.LanceDataset.commit(
+                    self.uri(table),
+                    lance.LanceOperation.Append([f.metadata for f in hidden]),
+                    read_version=created.version,
+                    storage_options=self.storage_options,
+                    commit_message=f"restore the units a concurrent creation of {table} hid",
+                )
         return self.dataset(table)
 
     def write_unit(

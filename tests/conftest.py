@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+import storage  # noqa: F401 - sets Lance's log level before any test module imports lance
+
 
 def pytest_collection_modifyitems(config, items):
     try:

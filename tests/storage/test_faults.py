@@ -128,28 +128,44 @@ def test_eight_concurrent_ray_writers_commit_every_row_once(store, local_ray):
     assert sorted(index) == list(range(800))
 
 
-def test_committers_racing_to_create_a_table_keep_every_unit(tmp_path):
-    """Eight committers (each its own store object, as separate runs would have) commit
-    to a table that does not exist yet, all at once: one creates it, none replaces
-    another's rows."""
-    root = str(tmp_path / "store")
+def race_to_create(root: str, committers: int = 8) -> int:
+    """``committers`` store objects commit one unit each, at once, to a table that does
+    not exist yet; checks every unit is there once; returns how many creations landed
+    after other commits."""
     units = [
         EmbeddingStore(root).write_fragments(
             TABLE, f"u{i}", embedding_unit(5, start=5 * i)[0], S.embeddings_schema(4)
         )
-        for i in range(8)
+        for i in range(committers)
     ]
-    start = threading.Barrier(len(units))
+    start = threading.Barrier(committers)
 
     def commit(unit):
         start.wait()
         return EmbeddingStore(root).commit(unit)
 
-    with ThreadPoolExecutor(len(units)) as pool:
-        assert list(pool.map(commit, units)) == [True] * 8
+    with ThreadPoolExecutor(committers) as pool:
+        assert list(pool.map(commit, units)) == [True] * committers
     store = EmbeddingStore(root)
-    assert store.committed_keys(TABLE) == {f"u{i}" for i in range(8)}
-    assert sorted(store.read(TABLE).column("sample_index").to_pylist()) == list(range(40))
+    assert store.committed_keys(TABLE) == {f"u{i}" for i in range(committers)}
+    index = store.read(TABLE).column("sample_index").to_pylist()
+    assert sorted(index) == list(range(5 * committers))
+    history = [type(t.operation).__name__ for t in store.dataset(TABLE).get_transactions()]
+    return history.count("Overwrite") - 1
+
+
+def test_committers_racing_to_create_a_table_keep_every_unit(tmp_path):
+    """Eight committers (each its own store object, as separate runs would have) commit
+    to a table that does not exist yet, all at once. Several may create it (Lance has no
+    create-if-absent), and each creation that lands after other commits puts back the
+    units it hid: every unit is there once."""
+    race_to_create(str(tmp_path / "store"))
+
+
+@pytest.mark.slow
+def test_racing_creations_keep_every_unit_in_thirty_trials(tmp_path):
+    late = sum(race_to_create(str(tmp_path / f"store{trial}")) for trial in range(30))
+    print(f"creations that landed after other commits: {late} in 30 trials")
 
 
 def test_a_committer_that_saw_no_table_keeps_the_rows_committed_since(tmp_path, monkeypatch):
@@ -173,6 +189,40 @@ def test_a_committer_that_saw_no_table_keeps_the_rows_committed_since(tmp_path, 
     assert b.commit(unit_b)
     assert a.committed_keys(TABLE) == {"a", "b"}
     assert a.read(TABLE).num_rows == 7
+
+
+def test_a_creation_that_lands_after_other_commits_puts_their_units_back(tmp_path, monkeypatch):
+    """B checks for the table and finds none; A creates it and commits two units; then
+    B's creation lands (Lance's own check also ran before A's commits), hiding A's
+    units until B appends them again."""
+    root = str(tmp_path / "store")
+    a, b = EmbeddingStore(root), EmbeddingStore(root)
+    a.write_unit(TABLE, "a1", embedding_unit(3)[0], S.embeddings_schema(4))
+    a.write_unit(TABLE, "a2", embedding_unit(2, start=3)[0])
+    a_store = a.dataset(TABLE)
+    a_store.delete("sample_index = 4")  # a deletion file must come back too
+    unit_b = b.write_fragments(TABLE, "b", embedding_unit(4, start=5)[0])
+    real_dataset = EmbeddingStore.dataset
+    looked = []
+
+    def stale_once_for_b(self, table, **kwargs):
+        if self is b and not looked:
+            looked.append(table)
+            return None
+        return real_dataset(self, table, **kwargs)
+
+    def create_without_lances_check(data, uri, **kwargs):  # what lands when that check is stale
+        operation = lance.LanceOperation.Overwrite(data.schema, [])
+        return lance.LanceDataset.commit(uri, operation, read_version=0)
+
+    monkeypatch.setattr(EmbeddingStore, "dataset", stale_once_for_b)
+    monkeypatch.setattr(lance, "write_dataset", create_without_lances_check)
+    assert b.commit(unit_b)
+    assert a.committed_keys(TABLE) == {"a1", "a2", "b"}
+    got = a.read(TABLE).column("sample_index").to_pylist()
+    assert sorted(got) == [0, 1, 2, 3, 5, 6, 7, 8]  # 4 stays deleted
+    history = [type(t.operation).__name__ for t in a.dataset(TABLE).get_transactions()]
+    assert history.count("Overwrite") == 2  # the late creation did land
 
 
 def _lose_every_race(monkeypatch, store: EmbeddingStore, times: int) -> list[int]:
