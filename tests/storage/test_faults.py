@@ -1,6 +1,7 @@
 """Writers killed at any point leave nothing visible; 8 concurrent writers commit every row
 once; committers racing on one table keep every unit, and lost races are retried, boundedly."""
 
+import copy
 import os
 import signal
 import subprocess
@@ -128,12 +129,12 @@ def test_eight_concurrent_ray_writers_commit_every_row_once(store, local_ray):
     assert sorted(index) == list(range(800))
 
 
-def race_to_create(root: str, committers: int = 8) -> int:
-    """``committers`` store objects commit one unit each, at once, to a table that does
-    not exist yet; checks every unit is there once; returns how many creations landed
-    after other commits."""
+def race_to_create(store: EmbeddingStore, committers: int = 8) -> int:
+    """``committers`` copies of ``store`` commit one unit each, at once, to a table that
+    does not exist yet; checks every unit is there once; returns how many creations
+    landed after other commits."""
     units = [
-        EmbeddingStore(root).write_fragments(
+        copy.copy(store).write_fragments(
             TABLE, f"u{i}", embedding_unit(5, start=5 * i)[0], S.embeddings_schema(4)
         )
         for i in range(committers)
@@ -142,11 +143,10 @@ def race_to_create(root: str, committers: int = 8) -> int:
 
     def commit(unit):
         start.wait()
-        return EmbeddingStore(root).commit(unit)
+        return copy.copy(store).commit(unit)
 
     with ThreadPoolExecutor(committers) as pool:
         assert list(pool.map(commit, units)) == [True] * committers
-    store = EmbeddingStore(root)
     assert store.committed_keys(TABLE) == {f"u{i}" for i in range(committers)}
     index = store.read(TABLE).column("sample_index").to_pylist()
     assert sorted(index) == list(range(5 * committers))
@@ -159,12 +159,14 @@ def test_committers_racing_to_create_a_table_keep_every_unit(tmp_path):
     to a table that does not exist yet, all at once. Several may create it (Lance has no
     create-if-absent), and each creation that lands after other commits puts back the
     units it hid: every unit is there once."""
-    race_to_create(str(tmp_path / "store"))
+    race_to_create(EmbeddingStore(str(tmp_path / "store")))
 
 
 @pytest.mark.slow
 def test_racing_creations_keep_every_unit_in_thirty_trials(tmp_path):
-    late = sum(race_to_create(str(tmp_path / f"store{trial}")) for trial in range(30))
+    late = sum(
+        race_to_create(EmbeddingStore(str(tmp_path / f"store{trial}"))) for trial in range(30)
+    )
     print(f"creations that landed after other commits: {late} in 30 trials")
 
 

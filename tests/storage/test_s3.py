@@ -81,6 +81,12 @@ def test_bad_input_leaves_the_object_store_unchanged(s3_store):
     assert s3_store.version(TABLE) == version
 
 
+def test_committers_racing_to_create_a_table_keep_every_unit_on_the_object_store(s3_store):
+    from tests.storage.test_faults import race_to_create
+
+    race_to_create(s3_store)
+
+
 def test_creating_a_table_that_exists_keeps_its_rows_on_the_object_store(s3_store):
     """What a committer that saw no table does when another committed first."""
     s3_store.write_unit(TABLE, "u1", rows(5)[0], S.embeddings_schema(4))
