@@ -73,6 +73,19 @@ def test_units_commit_once_and_read_back(s3_store):
     assert s3_store.committed_keys(TABLE) == {"u1"}
 
 
+def test_layers_export_from_the_object_store(s3_store, tmp_path):
+    import pyarrow.parquet as pq
+
+    from storage.export import export_layer
+
+    table, values = rows(20)
+    s3_store.write_unit(TABLE, "u1", table, S.embeddings_schema(4))
+    assert export_layer(s3_store, "exp", "net", "fc", tmp_path / "x.npy") == (20, 4)
+    np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), values)
+    export_layer(s3_store, "exp", "net", "fc", tmp_path / "x.parquet", split="test")
+    assert pq.read_table(tmp_path / "x.parquet").num_rows == 20
+
+
 def test_bad_input_leaves_the_object_store_unchanged(s3_store):
     s3_store.write_unit(TABLE, "u1", rows(5)[0], S.embeddings_schema(4))
     version = s3_store.version(TABLE)
