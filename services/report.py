@@ -136,7 +136,8 @@ def write_report(store: EmbeddingStore, experiment_id: str, out_dir: str | Path)
         )
     if methods:
         shown = "ward" if "ward" in methods else methods[0]
-        sections.append(_galleries_html(store, experiment_id, runs, shown))
+        factor = int(metrics.overclustering_factor[metrics.method == shown].min())
+        sections.append(_galleries_html(store, experiment_id, runs, shown, factor))
     page = out / "index.html"
     page.write_text(_PAGE.format(title=html.escape(experiment_id), body="\n".join(sections)))
     return page
@@ -189,20 +190,10 @@ def _plot_consistency(store, experiment_id, row, method: str, factor: int, out: 
 
 
 def _galleries_html(
-    store: EmbeddingStore, experiment_id: str, runs: pd.DataFrame, method: str
+    store: EmbeddingStore, experiment_id: str, runs: pd.DataFrame, method: str, factor: int
 ) -> str:
     """Thumbnails of the largest clusters of the last probed layer, first seed of each
-    (dataset, arch), at the smallest overclustering factor."""
-    factor = int(
-        store.read(
-            S.METRICS,
-            columns=["overclustering_factor"],
-            filter=where(experiment_id=experiment_id, method=method),
-        )
-        .column(0)
-        .to_numpy()
-        .min()
-    )
+    (dataset, arch), at overclustering ``factor``."""
     sections = [f"<h2>Clusters ({method}, k = subclasses x {factor})</h2>"]
     for row in runs.sort_values("seed").drop_duplicates(["dataset_id", "arch"]).itertuples():
         layer = layer_order(row.arch)[-1]
