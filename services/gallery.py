@@ -88,18 +88,17 @@ def cluster_gallery(
     subclass_of = dict(zip(names["sample_index"], names["subclass_name"], strict=True))
     superclass_of = dict(zip(names["sample_index"], names["superclass_name"], strict=True))
 
-    picked: dict[str, list[tuple[int, list[int], list[int]]]] = {}
+    picked: dict[str, list[tuple[int, list[int]]]] = {}  # superclass: (cluster, members)
     for row in rows:
         index, labels = np.asarray(row["sample_index"]), np.asarray(row["labels"])
         ids, sizes = np.unique(labels, return_counts=True)
         largest = ids[np.argsort(-sizes, kind="stable")][:clusters]
         title = superclass_of.get(int(index[0]), row["scope"]) if len(index) else row["scope"]
-        picked[title] = [
-            (int(c), index[labels == c].tolist(), index[labels == c][:images].tolist())
-            for c in largest
-        ]
+        picked[title] = [(int(c), index[labels == c].tolist()) for c in largest]
 
-    shown = sorted({i for views in picked.values() for _, _, some in views for i in some})
+    shown = sorted(
+        {i for views in picked.values() for _, members in views for i in members[:images]}
+    )
     thumbs = store.read(
         S.SAMPLES,
         columns=["sample_index", "thumbnail"],
@@ -112,9 +111,9 @@ def cluster_gallery(
                 cluster=c,
                 size=len(members),
                 subclasses=Counter(subclass_of.get(i, "?") for i in members).most_common(),
-                thumbnails=[thumbnail_of[i] for i in some if thumbnail_of.get(i)],
+                thumbnails=[thumbnail_of[i] for i in members[:images] if thumbnail_of.get(i)],
             )
-            for c, members, some in views
+            for c, members in views
         ]
         for title, views in picked.items()
     }
@@ -126,10 +125,9 @@ def gallery_html(gallery: dict[str, list[ClusterView]]) -> str:
     for superclass, views in gallery.items():
         parts.append(f"<h4>{html.escape(superclass)}</h4>")
         for view in views:
-            top, count = view.subclasses[0]
+            top = view.subclasses[0][0]
             caption = (
-                f"cluster {view.cluster}: {view.size} samples, "
-                f"{count / view.size:.0%} {html.escape(top)}"
+                f"cluster {view.cluster}: {view.size} samples, {view.purity:.0%} {html.escape(top)}"
             )
             if len(view.subclasses) > 1:
                 caption += f" (+{len(view.subclasses) - 1} more subclasses)"
