@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from actors.datasets import DatasetConfig, build_dataset
+from actors.datasets import DatasetConfig, batches, build_dataset, image_loader
 from actors.models import LayerTaps, create_model
 
 EVAL_BATCH_SIZE = 512
@@ -50,6 +50,9 @@ def select_device(name: str = "auto") -> torch.device:
 class Trainer:
     """One (arch, dataset, seed) run: trains on superclasses, extracts layer outputs.
 
+    Images stream through DataLoaders (:func:`actors.datasets.image_loader`):
+    no split is held in memory beyond the batches in flight.
+
     Parameters
     ----------
     arch : str
@@ -62,6 +65,9 @@ class Trainer:
         ``auto``, ``cpu`` or ``cuda``.
     threads : int, optional
         torch intra-op threads (a Ray actor sets its CPU share).
+    loader_workers : int
+        DataLoader worker processes that read and decode images (file-backed
+        datasets only; in-memory ones load in this process).
     """
 
     def __init__(
@@ -73,6 +79,7 @@ class Trainer:
         *,
         device: str = "auto",
         threads: int | None = None,
+        loader_workers: int = 0,
     ):
         if threads:
             torch.set_num_threads(threads)
@@ -80,10 +87,11 @@ class Trainer:
         self.data = build_dataset(dataset)
         self.training = training
         self.seed = seed
+        self.loader_workers = loader_workers
         torch.manual_seed(seed)
         self.model = create_model(
             arch,
-            in_channels=self.data.input_shape[0],
+            in_channels=self.data.in_channels,
             num_classes=self.data.hierarchy.n_superclasses,
         ).to(self.device)
         self.epoch = 0
@@ -95,24 +103,43 @@ class Trainer:
             momentum=training.momentum,
             weight_decay=training.weight_decay,
         )
-        self._x = torch.from_numpy(self.data.images["train"])
-        self._y = torch.from_numpy(self.data.superclass("train"))
-        self._steps_per_epoch = math.ceil(len(self._x) / training.batch_size)
+        self._superclass_of = torch.as_tensor(self.data.hierarchy.superclass_of)
+        self._steps_per_epoch = math.ceil(
+            self.data.num_samples(self.data.train_split) / training.batch_size
+        )
+        self._accuracy: dict[tuple[int, str], float] = {}  # (epoch, split) -> superclass acc.
 
     @property
     def probe_layers(self) -> tuple[str, ...]:
         return tuple(self.model.probe_layers)
 
+    def _loader(self, split: str, *, train: bool, batch_size: int):
+        return image_loader(
+            self.data,
+            split,
+            train=train,
+            batch_size=batch_size,
+            workers=self.loader_workers,
+            generator=self._generator if train else None,
+            pin_memory=self.device.type == "cuda",
+        )
+
     def train_to(self, epoch: int) -> int:
         """Train until ``epoch`` epochs are done; returns the epoch reached."""
         start = time.perf_counter()
         self.model.train()
+        subclass = torch.from_numpy(self.data.subclass(self.data.train_split))
         while self.epoch < epoch:
-            order = torch.randperm(len(self._x), generator=self._generator)
-            for step, batch in enumerate(order.split(self.training.batch_size)):
+            for step, (x, positions) in enumerate(
+                batches(
+                    self._loader(
+                        self.data.train_split, train=True, batch_size=self.training.batch_size
+                    )
+                )
+            ):
                 self._set_lr(self.epoch * self._steps_per_epoch + step)
-                x, y = self._x[batch].to(self.device), self._y[batch].to(self.device)
-                loss = self._loss(self.model(x), y)
+                y = self._superclass_of[subclass[positions]].to(self.device, non_blocking=True)
+                loss = self._loss(self.model(x.to(self.device, non_blocking=True)), y)
                 self._optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self._optimizer.step()
@@ -122,37 +149,51 @@ class Trainer:
 
     @torch.no_grad()
     def accuracy(self, split: str) -> float:
-        """Superclass accuracy on ``split``."""
-        self.model.eval()
-        x = torch.from_numpy(self.data.images[split])
-        y = self.data.superclass(split)
-        predictions = [
-            self.model(chunk.to(self.device)).argmax(1).cpu().numpy()
-            for chunk in x.split(EVAL_BATCH_SIZE)
-        ]
-        return float((np.concatenate(predictions) == y).mean())
+        """Superclass accuracy on ``split`` (remembered from an extraction at this epoch)."""
+        split = self.data.resolve_split(split)
+        if (self.epoch, split) not in self._accuracy:
+            for _ in self.iter_layer_chunks(split, (), EVAL_BATCH_SIZE):
+                pass
+        return self._accuracy[(self.epoch, split)]
 
     @torch.no_grad()
     def iter_layer_chunks(
         self, split: str, layers: tuple[str, ...], rows_per_chunk: int
     ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
-        """Yield ``(sample_index, {layer: float32 (rows, d)})`` chunks of ``split``.
+        """Yield ``(positions, {layer: float32 (rows, d)})`` chunks of ``split``, in order.
 
-        Only one chunk of activations is held in memory at a time.
+        Chunks hold at most ``rows_per_chunk`` rows when it is below ``EVAL_BATCH_SIZE`` or a
+        multiple of it.
+
+        ``positions`` index the split's arrays (``data.sample_index(split)[positions]``
+        is what the rows are stored under). Only one chunk of activations is held
+        at a time; the superclass accuracy of the pass is remembered.
         """
         self.model.eval()
-        images = self.data.images[split]
-        for start in range(0, len(images), rows_per_chunk):
-            stop = min(start + rows_per_chunk, len(images))
-            outputs: dict[str, list[np.ndarray]] = {name: [] for name in layers}
-            # hooks live for one chunk, so none stay attached while the generator waits
-            with LayerTaps(self.model, layers) as taps:
-                for lo in range(start, stop, EVAL_BATCH_SIZE):
-                    batch = images[lo : min(lo + EVAL_BATCH_SIZE, stop)]
-                    self.model(torch.from_numpy(batch).to(self.device))
-                    for name in layers:
-                        outputs[name].append(taps.outputs[name].cpu().numpy())
-            yield np.arange(start, stop), {n: np.concatenate(v) for n, v in outputs.items()}
+        split = self.data.resolve_split(split)
+        superclass = self.data.superclass(split)
+        correct = seen = 0
+        outputs: dict[str, list[np.ndarray]] = {name: [] for name in layers}
+        held: list[np.ndarray] = []
+        # hooks are removed before each yield, so none stay attached while the caller waits
+        taps = LayerTaps(self.model, layers)
+        batch_size = min(EVAL_BATCH_SIZE, rows_per_chunk)
+        for x, positions in batches(self._loader(split, train=False, batch_size=batch_size)):
+            with taps:
+                logits = self.model(x.to(self.device, non_blocking=True))
+                for name in layers:
+                    outputs[name].append(taps.outputs[name].cpu().numpy())
+            positions = positions.numpy()
+            predicted = logits.argmax(1).cpu().numpy()
+            correct += int((predicted == superclass[positions]).sum())
+            seen += len(positions)
+            held.append(positions)
+            if sum(map(len, held)) >= rows_per_chunk:
+                yield np.concatenate(held), {n: np.concatenate(v) for n, v in outputs.items()}
+                held, outputs = [], {name: [] for name in layers}
+        if held:
+            yield np.concatenate(held), {n: np.concatenate(v) for n, v in outputs.items()}
+        self._accuracy[(self.epoch, split)] = correct / max(1, seen)
 
     def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.training.loss == "squared_error":

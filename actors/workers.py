@@ -17,12 +17,66 @@ import pyarrow as pa
 import ray
 
 from actors.clustering import cluster_for_ks, l2_normalize
-from actors.datasets import DatasetConfig
+from actors.datasets import (
+    DatasetConfig,
+    batches,
+    build_dataset,
+    thumbnail_loader,
+)
+from actors.datasets.loader import THUMBNAIL_BATCH
 from actors.training import Trainer, TrainingConfig
 from storage import EmbeddingStore, PendingUnit, embedding_matrix, embeddings_table
 from storage import schema as S
 
 ROWS_PER_FRAGMENT = 8192  # activations held in memory per layer while extracting
+
+
+def samples_unit_key(dataset_id: str, split: str) -> str:
+    return f"{dataset_id}/{split}"
+
+
+def write_samples(
+    store: EmbeddingStore, config: DatasetConfig, split: str, workers: int = 0
+) -> list[PendingUnit]:
+    """The ``samples`` rows of one split, streamed in batches as uncommitted fragments.
+
+    One row per sample: labels, names, file path, and a PNG thumbnail for the
+    splits ``options.thumbnails`` names (made in the loader's worker processes).
+    """
+    data = build_dataset(config)
+    h = data.hierarchy
+    subclass, superclass = data.subclass(split), data.superclass(split)
+    sample_index, paths = data.sample_index(split), data.paths(split)
+    thumbnails = None
+    if split in data.thumbnail_splits():
+        thumbnails = iter(batches(thumbnail_loader(data, split, workers=workers)))
+
+    def rows():
+        for start in range(0, len(subclass), THUMBNAIL_BATCH):
+            stop = min(start + THUMBNAIL_BATCH, len(subclass))
+            n = stop - start
+            yield pa.record_batch(
+                {
+                    "dataset_id": [config.dataset_id] * n,
+                    "dataset": [config.name] * n,
+                    "hierarchy": [config.hierarchy] * n,
+                    "split": [split] * n,
+                    "sample_index": pa.array(sample_index[start:stop], pa.int64()),
+                    "subclass": pa.array(subclass[start:stop], pa.int32()),
+                    "superclass": pa.array(superclass[start:stop], pa.int32()),
+                    "subclass_name": [h.subclass_names[c] for c in subclass[start:stop]],
+                    "superclass_name": [h.superclass_names[c] for c in superclass[start:stop]],
+                    "path": pa.nulls(n, pa.string())
+                    if paths is None
+                    else pa.array([p.decode() for p in paths[start:stop]], pa.string()),
+                    "thumbnail": pa.array(
+                        next(thumbnails) if thumbnails else [None] * n, pa.binary()
+                    ),
+                }
+            )
+
+    key = samples_unit_key(config.dataset_id, split)
+    return [store.write_fragments(S.SAMPLES, key, rows())]
 
 
 def run_id_for(experiment_id: str, dataset_id: str, arch: str, seed: int) -> str:
@@ -42,9 +96,10 @@ class RunPlan:
     dataset: DatasetConfig
     training: TrainingConfig
     seed: int
-    splits: tuple[str, ...] = ("train", "test")
+    splits: tuple[str, ...] = ("train", "test")  # the dataset's (training, held-out) splits
     device: str = "auto"
     embedding_dtype: str = "float32"
+    loader_workers: int = 0
 
     @property
     def run_id(self) -> str:
@@ -69,7 +124,13 @@ class TrainerWorker:
         self.store = store
         self.plan = plan
         self.trainer = Trainer(
-            plan.arch, plan.dataset, plan.training, plan.seed, device=plan.device, threads=threads
+            plan.arch,
+            plan.dataset,
+            plan.training,
+            plan.seed,
+            device=plan.device,
+            threads=threads,
+            loader_workers=plan.loader_workers,
         )
 
     def train_to(self, epoch: int) -> int:
@@ -88,12 +149,22 @@ class TrainerWorker:
             if not layers:
                 continue
             fragments: dict[str, list[PendingUnit]] = defaultdict(list)
-            subclass = self.trainer.data.subclass[split]
-            superclass = self.trainer.data.superclass(split)
-            for index, outputs in self.trainer.iter_layer_chunks(split, layers, ROWS_PER_FRAGMENT):
+            data = self.trainer.data
+            subclass, superclass = data.subclass(split), data.superclass(split)
+            sample_index = data.sample_index(split)
+            chunks = self.trainer.iter_layer_chunks(split, layers, ROWS_PER_FRAGMENT)
+            for positions, outputs in chunks:
                 for layer, values in outputs.items():
                     table = embeddings_table(plan.experiment_id, plan.arch, layer)
-                    rows = self._embedding_rows(epoch, split, index, subclass, superclass, values)
+                    rows = S.embedding_rows(
+                        values,
+                        sample_index=sample_index[positions],
+                        subclass=subclass[positions],
+                        superclass=superclass[positions],
+                        epoch=epoch,
+                        split=split,
+                        **plan.keys,
+                    )
                     key = embedding_unit_key(plan.run_id, epoch, layer, split)
                     fragments[layer].append(
                         self.store.write_fragments(
@@ -120,24 +191,13 @@ class TrainerWorker:
             "seed": plan.seed,
             "epochs": trainer.epoch,
             "status": "done",
-            "train_accuracy": trainer.accuracy("train"),
-            "test_accuracy": trainer.accuracy("test"),
+            "train_accuracy": trainer.accuracy(trainer.data.train_split),
+            "test_accuracy": trainer.accuracy(trainer.data.heldout_split),
             "train_seconds": trainer.train_seconds,
             "created_at": datetime.now(timezone.utc),
         }
         table = pa.Table.from_pylist([row], schema=S.RUNS_SCHEMA.remove(0))
         return [self.store.write_fragments(S.RUNS, plan.run_id, table)]
-
-    def _embedding_rows(self, epoch, split, index, subclass, superclass, values) -> pa.Table:
-        return S.embedding_rows(
-            values,
-            sample_index=index,
-            subclass=subclass[index],
-            superclass=superclass[index],
-            epoch=epoch,
-            split=split,
-            **self.plan.keys,
-        )
 
 
 def _combine(parts: list[PendingUnit]) -> PendingUnit:
@@ -227,3 +287,4 @@ def run_cluster_unit(store: EmbeddingStore, unit: ClusterUnit) -> list[PendingUn
 
 TrainerActor = ray.remote(TrainerWorker)
 cluster_task = ray.remote(run_cluster_unit)
+samples_task = ray.remote(write_samples)

@@ -55,6 +55,7 @@ def run(
     ),
 ) -> None:
     """Train, extract, cluster and score everything the spec asks for (resumable)."""
+    from actors.datasets import DatasetError
     from jobs.pipeline import run_experiment
     from jobs.spec import ExperimentSpec, SpecError
 
@@ -65,8 +66,9 @@ def run(
         counts = run_experiment(
             spec, EmbeddingStore(store), address=address, fresh=fresh, console=err_console
         )
-    except (SpecError, StoreError) as exc:
-        _fail(str(exc))
+    except (SpecError, StoreError, DatasetError) as exc:
+        # raised in a Ray worker, it arrives wrapped; its cause holds the one sentence
+        _fail(str(getattr(exc, "cause", None) or exc))
     elapsed = time.perf_counter() - start
     done = (
         ", ".join(f"{n} {stage}" for stage, n in counts.committed.items())
@@ -77,6 +79,57 @@ def run(
     console.print(
         f"next: stratalens report {spec.experiment_id} --store {store} --out stratalens-report"
     )
+
+
+@app.command()
+def hierarchy(
+    name: str = typer.Argument(
+        ..., help="DATASET-HIERARCHY, e.g. breeds-living17, cifar100-superclass, shapes-natural"
+    ),
+    options: str = typer.Option(
+        "{}", "--options", help='dataset options as JSON, e.g. \'{"hierarchy_file": "h.yaml"}\''
+    ),
+    seed: int = typer.Option(0, "--seed", help="hierarchy_seed (shuffled hierarchies)"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+) -> None:
+    """Print the superclasses of a hierarchy and their subclasses, without reading images."""
+    import json
+
+    from actors.datasets import DatasetConfig, DatasetError, build_hierarchy, list_datasets
+
+    try:
+        parsed = json.loads(options)
+    except json.JSONDecodeError as exc:
+        _fail(f'--options is not valid JSON ({exc}); pass an object like \'{{"root": "..."}}\'')
+    if not isinstance(parsed, dict):
+        _fail(f"--options should be a JSON object, got {type(parsed).__name__}")
+    dataset, _, hierarchy_name = name.partition("-")
+    if dataset == "breeds":
+        dataset, hierarchy_name = "imagenet", name
+    known = list_datasets()
+    if dataset not in known or hierarchy_name not in known[dataset]:
+        choices = [
+            h if h.startswith("breeds-") else f"{d}-{h}" for d, hs in known.items() for h in hs
+        ]
+        _fail(f"unknown hierarchy {name!r}; choose one of {choices}")
+    try:
+        h = build_hierarchy(DatasetConfig(dataset, hierarchy_name, seed, parsed))
+    except DatasetError as exc:
+        _fail(str(exc))
+    if as_json:
+        print(json.dumps(h.to_json(), indent=2))
+        return
+    table = Table(
+        "#",
+        "superclass",
+        "wnid",
+        "subclasses",
+        title=f"{name}: {h.n_superclasses} superclasses, {h.n_subclasses} subclasses",
+    )
+    for i, sup in enumerate(h.to_json()["superclasses"]):
+        members = [h.subclass_names[c] for c in h.members(i)]
+        table.add_row(str(i), sup["name"], sup["wnid"] or "", ", ".join(members))
+    console.print(table)
 
 
 @app.command()
@@ -298,7 +351,7 @@ def _size(n_bytes: float) -> str:
     return f"{n_bytes:.0f} B" if power == 0 else f"{n_bytes:.1f} {units[power]}"
 
 
-BENCHMARKS = ("cluster", "metrics", "store")
+BENCHMARKS = ("cluster", "data", "metrics", "store")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -28,6 +28,8 @@ from actors.workers import (
     cluster_task,
     embedding_unit_key,
     run_id_for,
+    samples_task,
+    samples_unit_key,
 )
 from jobs.spec import DatasetSpec, ExperimentSpec, SpecError, load_dataset
 from services.scoring import (
@@ -87,7 +89,6 @@ def run_experiment(
     console = console or Console(stderr=True)
     counts = StageCounts()
     register_experiment(spec, store, fresh=fresh)
-    write_samples(spec, store, counts)
     init_ray(address)
     columns = (
         TextColumn("{task.description:<18}"),
@@ -96,6 +97,7 @@ def run_experiment(
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=console, transient=False) as progress:
+        write_samples(spec, store, progress, counts)
         train_and_extract(spec, store, progress, counts)
         cluster(spec, store, progress, counts)
         score(spec, store, progress, counts)
@@ -130,33 +132,23 @@ def register_experiment(spec: ExperimentSpec, store: EmbeddingStore, *, fresh: b
     )
 
 
-def write_samples(spec: ExperimentSpec, store: EmbeddingStore, counts: StageCounts) -> None:
-    """One ``samples`` unit per (dataset, split): labels, names and PNG thumbnails."""
+def write_samples(
+    spec: ExperimentSpec, store: EmbeddingStore, progress: Progress, counts: StageCounts
+) -> None:
+    """One ``samples`` unit per (dataset, split), written by a Ray task that reads the data."""
     committed = store.committed_keys(S.SAMPLES)
+    pending = {}
     for dataset_spec in spec.datasets:
         data = load_dataset(dataset_spec)
-        for split in ("train", "test"):
-            key = f"{data.dataset_id}/{split}"
-            if key in committed:
+        for split in data.splits:
+            if samples_unit_key(data.dataset_id, split) in committed:
                 continue
-            subclass = data.subclass[split]
-            superclass = data.superclass(split)
-            h = data.hierarchy
-            table = pa.table(
-                {
-                    "dataset_id": [data.dataset_id] * len(subclass),
-                    "dataset": [dataset_spec.name] * len(subclass),
-                    "hierarchy": [dataset_spec.hierarchy] * len(subclass),
-                    "split": [split] * len(subclass),
-                    "sample_index": pa.array(range(len(subclass)), pa.int64()),
-                    "subclass": pa.array(subclass, pa.int32()),
-                    "superclass": pa.array(superclass, pa.int32()),
-                    "subclass_name": [h.subclass_names[s] for s in subclass],
-                    "superclass_name": [h.superclass_names[s] for s in superclass],
-                    "thumbnail": pa.array(data.thumbnails(split), pa.binary()),
-                }
-            )
-            counts.add("samples", int(store.write_unit(S.SAMPLES, key, table)))
+            task = samples_task.options(num_cpus=spec.resources.trainer_cpus)
+            pending[task.remote(store, data.config, split, spec.resources.workers)] = None
+    had_work = bool(pending)
+    _drain("samples", pending, store, progress, counts)
+    if had_work:
+        _optimize(store, {S.SAMPLES})
 
 
 # -- stage 1: train and extract --------------------------------------------------
@@ -168,8 +160,10 @@ def run_plan(spec: ExperimentSpec, dataset: DatasetSpec, arch: str, seed: int) -
         dataset=dataset.config(),
         training=spec.training.config(),
         seed=seed,
+        splits=load_dataset(dataset).splits,
         device=spec.resources.device,
         embedding_dtype=spec.storage.embedding_dtype,
+        loader_workers=spec.resources.workers,
     )
 
 
@@ -229,7 +223,8 @@ def cluster_units(spec: ExperimentSpec) -> list[ClusterUnit]:
     c = spec.clustering
     for dataset, arch, seed in itertools.product(spec.datasets, spec.archs, spec.seeds):
         plan = run_plan(spec, dataset, arch, seed)
-        per_super = load_dataset(dataset).hierarchy.subclasses_per_superclass()
+        data = load_dataset(dataset)
+        per_super = data.hierarchy.subclasses_per_superclass()
         for epoch, layer, method in itertools.product(
             spec.epochs_to_probe, probe_layers(plan.arch), c.methods
         ):
@@ -238,7 +233,7 @@ def cluster_units(spec: ExperimentSpec) -> list[ClusterUnit]:
                     **plan.keys,
                     epoch=epoch,
                     layer=layer,
-                    split=c.split,
+                    split=data.resolve_split(c.split),
                     scope=c.scope,
                     method=method,
                     factors=tuple(c.overclustering_factors),
@@ -309,6 +304,7 @@ def layer_units(spec: ExperimentSpec) -> list[LayerUnit]:
             epoch,
             layer,
             metrics,
+            splits=p.splits,
         )
         for p in run_plans(spec)
         for epoch in spec.epochs_to_probe
@@ -323,6 +319,7 @@ def consistency_units(spec: ExperimentSpec) -> list[ConsistencyUnit]:
         return units
     for dataset, arch in itertools.product(spec.datasets, spec.archs):
         dataset_id = dataset.config().dataset_id
+        split = load_dataset(dataset).resolve_split(c.split)
         runs = tuple(
             (run_id_for(spec.experiment_id, dataset_id, arch, seed), seed) for seed in spec.seeds
         )
@@ -335,7 +332,7 @@ def consistency_units(spec: ExperimentSpec) -> list[ConsistencyUnit]:
                     dataset_id=dataset_id,
                     arch=arch,
                     epoch=epoch,
-                    split=c.split,
+                    split=split,
                     method=method,
                     factor=factor,
                     runs=runs,

@@ -11,6 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -31,10 +32,18 @@ class _Strict(BaseModel):
 class DatasetSpec(_Strict):
     """One dataset and the hierarchy that defines its superclasses."""
 
-    name: str = Field(description="registered dataset: digits, shapes")
-    hierarchy: str = Field(description="digits: coarse | shuffled; shapes: natural | shuffled")
+    name: str = Field(
+        description="registered dataset: digits, shapes, imagefolder, imagenet, cifar10, cifar100"
+    )
+    hierarchy: str = Field(
+        description="e.g. digits: coarse | shuffled; imagenet: breeds-living17[-shuffled]; "
+        "`stratalens hierarchy NAME` prints one"
+    )
     hierarchy_seed: int = Field(0, description="seed of the subclass -> superclass shuffle")
-    options: dict = Field(default_factory=dict, description="dataset-specific options")
+    options: dict = Field(
+        default_factory=dict,
+        description="dataset-specific options: root, hierarchy_file, image_size, thumbnails, ...",
+    )
 
     @model_validator(mode="after")
     def _known(self) -> DatasetSpec:
@@ -82,7 +91,11 @@ class ClusteringSpec(_Strict):
     scope: Literal["superclass", "all"] = Field(
         "superclass", description="cluster within each superclass (the paper) or the whole split"
     )
-    split: Literal["train", "test"] = "test"
+    split: str = Field(
+        "heldout",
+        description="the split clustered: heldout (each dataset's test/val split), train, "
+        "or a split name",
+    )
     random_state: int = 0
     backend: str = Field("auto", description="auto | scipy | torch | sklearn | cuml")
 
@@ -175,6 +188,19 @@ class ResourcesSpec(_Strict):
         0, ge=0, description="GPUs per clustering/scoring task (cuML, torch Ward)"
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    loader_workers: int | None = Field(
+        None,
+        ge=0,
+        description="DataLoader processes per trainer that decode images (file-backed datasets; "
+        "the built-in ones load in-process); default: trainer_cpus",
+    )
+
+    @property
+    def workers(self) -> int:
+        """DataLoader worker processes per trainer."""
+        if self.loader_workers is not None:
+            return self.loader_workers
+        return max(1, int(self.trainer_cpus))
 
 
 class ExperimentSpec(_Strict):
@@ -220,6 +246,11 @@ class ExperimentSpec(_Strict):
         if len(set(ids)) != len(ids):
             raise ValueError("datasets lists the same dataset and hierarchy twice; remove one")
         for dataset in self.datasets:
+            if dataset.hierarchy == "none" and self.clustering.scope != "all":
+                raise ValueError(
+                    f"dataset {dataset.name!r} with hierarchy 'none' has one class per "
+                    "superclass; set clustering.scope: all"
+                )
             _check_cluster_sizes(dataset, self.clustering)
         return self
 
@@ -274,16 +305,16 @@ def _cached_dataset(config_json: str) -> HierarchicalDataset:
 
 
 def load_dataset(spec: DatasetSpec) -> HierarchicalDataset:
-    """Build (once per process) the dataset a spec names."""
+    """Build (once per process) the dataset a spec names: its index and labels, no images."""
     return _cached_dataset(json.dumps(spec.model_dump(mode="json"), sort_keys=True))
 
 
 def _check_cluster_sizes(dataset: DatasetSpec, clustering: ClusteringSpec) -> None:
     """k = subclasses x factor must not exceed the samples being clustered."""
     data = load_dataset(dataset)
-    import numpy as np
-
-    superclass = data.superclass(clustering.split)
+    data.thumbnail_splits()  # checks options.thumbnails before anything runs
+    split = data.resolve_split(clustering.split)
+    superclass = data.superclass(split)
     per_super = data.hierarchy.subclasses_per_superclass()
     factor = max(clustering.overclustering_factors)
     if clustering.scope == "all":
@@ -297,6 +328,6 @@ def _check_cluster_sizes(dataset: DatasetSpec, clustering: ClusteringSpec) -> No
         if n_sub * factor > n_samples:
             raise ValueError(
                 f"k = {n_sub} subclasses x factor {factor} = {n_sub * factor} exceeds the "
-                f"{n_samples} {clustering.split} samples of {label} in {dataset.name}/"
+                f"{n_samples} {split} samples of {label} in {dataset.name}/"
                 f"{dataset.hierarchy}; lower overclustering_factors"
             )

@@ -6,7 +6,7 @@ Plain functions over a store (the pipeline runs them as Ray tasks):
   every clustering of one clustering unit against the true subclasses;
 - :func:`score_layer`: per-layer representation measures (NCC accuracy with
   train means scored on the held-out split, CDNV, NC1, NC2) for superclass and
-  subclass labels, reading each split once;
+  subclass labels, streaming each split once;
 - :func:`score_consistency`: scores between the clusterings of every pair of
   seeds for every pair of layers, all pairs in one batched call.
 """
@@ -22,8 +22,8 @@ from services.metrics import (
     ClassStatistics,
     cdnv_from_statistics,
     clustering_scores,
-    nc1,
-    nc2,
+    nc1_from_statistics,
+    nc2_from_means,
     nearest_class_mean,
     pairwise_scores,
 )
@@ -34,16 +34,35 @@ from storage.filters import where
 _METRICS_FIELDS = S.METRICS_SCHEMA.remove(0)
 
 
-def true_subclasses(store: EmbeddingStore, dataset_id: str, split: str) -> np.ndarray:
-    """Subclass of every sample of ``split``, indexed by ``sample_index``."""
-    rows = store.read(
-        S.SAMPLES,
-        columns=["sample_index", "subclass"],
-        filter=where(dataset_id=dataset_id, split=split),
-    )
-    truth = np.full(len(rows), -1, dtype=np.int64)
-    truth[rows.column("sample_index").to_numpy()] = rows.column("subclass").to_numpy()
-    return truth
+class SubclassLookup:
+    """The true subclass of any sample of one split, by ``sample_index``.
+
+    Sample indices need not be 0..n-1 (an image folder's are positions in the
+    whole folder, classes the hierarchy leaves out included), so lookups search
+    the sorted indices. Holds two int64 columns of the split.
+    """
+
+    def __init__(self, store: EmbeddingStore, dataset_id: str, split: str):
+        rows = store.read(
+            S.SAMPLES,
+            columns=["sample_index", "subclass"],
+            filter=where(dataset_id=dataset_id, split=split),
+        )
+        index = rows.column("sample_index").to_numpy()
+        order = np.argsort(index)
+        self.index = index[order]
+        self.subclass = rows.column("subclass").to_numpy().astype(np.int64)[order]
+        self.where = f"{dataset_id}/{split}"
+
+    def __call__(self, sample_index) -> np.ndarray:
+        wanted = np.asarray(sample_index)
+        at = np.minimum(np.searchsorted(self.index, wanted), max(0, len(self.index) - 1))
+        if len(wanted) and (not len(self.index) or (self.index[at] != wanted).any()):
+            raise ValueError(
+                f"clustered samples are missing from the samples table of {self.where}; "
+                "re-run the spec to rewrite them"
+            )
+        return self.subclass[at]
 
 
 def score_clusterings(
@@ -53,10 +72,10 @@ def score_clusterings(
 ) -> list[PendingUnit]:
     """Scores of every clustering committed under ``clustering_unit_key``."""
     rows = store.read(S.CLUSTERINGS, filter=where(unit_key=clustering_unit_key)).to_pylist()
-    truth = true_subclasses(store, rows[0]["dataset_id"], rows[0]["split"])
+    truth = SubclassLookup(store, rows[0]["dataset_id"], rows[0]["split"])
     records = []
     for row in rows:
-        labels_true = truth[np.asarray(row["sample_index"])]
+        labels_true = truth(row["sample_index"])
         keys = {k: row[k] for k in _METRICS_FIELDS.names if k in row}
         for metric, value in clustering_scores(labels_true, row["labels"], metrics).items():
             records.append({**keys, "metric": metric, "value": value})
@@ -76,29 +95,62 @@ class LayerUnit:
     epoch: int
     layer: str
     metrics: tuple[str, ...] = ("ncc", "cdnv")
+    splits: tuple[str, str] = ("train", "test")  # (class statistics from, NCC scored on)
 
     @property
     def unit_key(self) -> str:
         return f"layer/{self.run_id}/epoch{self.epoch}/{self.layer}"
 
 
+LEVELS = ("superclass", "subclass")
+LAYER_BATCH_ROWS = 8192  # rows of a layer held at once while scoring it
+
+
+def _layer_batches(store: EmbeddingStore, unit: LayerUnit, split: str):
+    """(X float32 (rows, d), {level: labels (rows,)}) batches of one split of the layer."""
+    for batch in store.embedding_batches(
+        unit.experiment_id,
+        unit.arch,
+        unit.layer,
+        columns=[*LEVELS, S.EMBEDDING],
+        rows_per_batch=LAYER_BATCH_ROWS,
+        run_id=unit.run_id,
+        epoch=unit.epoch,
+        split=split,
+    ):
+        table = pa.Table.from_batches([batch])
+        yield embedding_matrix(table), {level: table.column(level).to_numpy() for level in LEVELS}
+
+
 def score_layer(store: EmbeddingStore, unit: LayerUnit) -> list[PendingUnit]:
     """Representation measures of one layer, for superclass and subclass labels.
 
-    Class statistics come from one read of the train split; NCC then reads the
-    test split once. NC1/NC2 (when asked) use the train split.
+    One streamed pass over the training split gathers the class statistics
+    (CDNV, NC1, NC2 and the class means come from them); NCC then scores the
+    held-out split in a second pass. At most ``LAYER_BATCH_ROWS`` rows are held.
     """
-    split_rows = {
-        split: store.embeddings(
-            unit.experiment_id,
-            unit.arch,
-            unit.layer,
-            run_id=unit.run_id,
-            epoch=unit.epoch,
-            split=split,
-        )
-        for split in ("train", "test")
-    }
+    train_split, heldout_split = unit.splits
+    stats = {level: ClassStatistics(track_scatter="nc1" in unit.metrics) for level in LEVELS}
+    for X, labels in _layer_batches(store, unit, train_split):
+        for level in LEVELS:
+            stats[level].update(X, labels[level])
+    values: dict[tuple[str, str, str], float] = {}  # (metric, level, split) -> value
+    if "ncc" in unit.metrics:
+        correct, seen = dict.fromkeys(LEVELS, 0), 0
+        for X, labels in _layer_batches(store, unit, heldout_split):
+            seen += len(X)
+            for level in LEVELS:
+                predicted = nearest_class_mean(X, stats[level].classes, stats[level].means)
+                correct[level] += int((predicted == labels[level]).sum())
+        for level in LEVELS:
+            values[("ncc", level, heldout_split)] = correct[level] / max(1, seen)
+    for level in LEVELS:
+        if "cdnv" in unit.metrics:
+            values[("cdnv", level, train_split)] = cdnv_from_statistics(stats[level])
+        if "nc1" in unit.metrics:
+            values[("nc1", level, train_split)] = nc1_from_statistics(stats[level])
+        if "nc2" in unit.metrics:
+            values[("nc2", level, train_split)] = nc2_from_means(stats[level].means)
     base = {
         "experiment_id": unit.experiment_id,
         "run_id": unit.run_id,
@@ -112,27 +164,10 @@ def score_layer(store: EmbeddingStore, unit: LayerUnit) -> list[PendingUnit]:
         "overclustering_factor": 0,
         "n_clusters": 0,
     }
-    X_train = embedding_matrix(split_rows["train"])
-    X_test = embedding_matrix(split_rows["test"])
-    records = []
-    for level in ("superclass", "subclass"):
-        y_train = split_rows["train"].column(level).to_numpy()
-        y_test = split_rows["test"].column(level).to_numpy()
-        stats = ClassStatistics().update(X_train, y_train)
-        values = {}
-        if "ncc" in unit.metrics:
-            predicted = nearest_class_mean(X_test, stats.classes, stats.means)
-            values[("ncc", "test")] = float((predicted == y_test).mean())
-        if "cdnv" in unit.metrics:
-            values[("cdnv", "train")] = cdnv_from_statistics(stats)
-        if "nc1" in unit.metrics:
-            values[("nc1", "train")] = nc1(X_train, y_train)
-        if "nc2" in unit.metrics:
-            values[("nc2", "train")] = nc2(X_train, y_train)
-        records += [
-            {**base, "split": split, "metric": f"{name}_{level}", "value": value}
-            for (name, split), value in values.items()
-        ]
+    records = [
+        {**base, "split": split, "metric": f"{name}_{level}", "value": value}
+        for (name, level, split), value in values.items()
+    ]
     table = pa.Table.from_pylist(records, schema=_METRICS_FIELDS)
     return [store.write_fragments(S.METRICS, unit.unit_key, table)]
 

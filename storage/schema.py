@@ -68,7 +68,8 @@ SAMPLES_SCHEMA = _schema(
     ("superclass", pa.int32()),
     ("subclass_name", pa.string()),
     ("superclass_name", pa.string()),
-    ("thumbnail", pa.binary()),  # PNG bytes
+    ("path", pa.string()),  # the image file, relative to the dataset root; null if none
+    ("thumbnail", pa.binary()),  # PNG bytes; null where options.thumbnails leaves it out
 )
 
 # Identifying columns shared by clusterings, metrics and embeddings.

@@ -471,6 +471,24 @@ class EmbeddingStore:
         ds = self.layer_dataset(experiment_id, arch, layer, version=version)
         return ds.to_table(columns=columns, filter=where(**conditions))
 
+    def embedding_batches(
+        self,
+        experiment_id: str,
+        arch: str,
+        layer: str,
+        *,
+        columns: list[str],
+        rows_per_batch: int = 8192,
+        version: int | str | None = None,
+        **conditions: Any,
+    ) -> Iterator[pa.RecordBatch]:
+        """``columns`` of one layer's matching rows, ``rows_per_batch`` at a time.
+
+        For one pass over a layer larger than memory (class statistics, NCC).
+        """
+        ds = self.layer_dataset(experiment_id, arch, layer, version=version)
+        return self.scan(ds, columns, where(**conditions), rows_per_batch)
+
     def embedding_array(
         self,
         experiment_id: str,

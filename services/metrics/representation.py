@@ -19,7 +19,9 @@ class ClassStatistics:
     Parameters
     ----------
     track_scatter : bool, default=False
-        Also accumulate the (d, d) within-class scatter, which NC1 needs.
+        Also accumulate the (d, d) second moment of all samples, from which the
+        within-class scatter NC1 needs follows (one (d, d) array, whatever the
+        number of classes).
     """
 
     def __init__(self, *, track_scatter: bool = False):
@@ -46,15 +48,14 @@ class ClassStatistics:
             inverse, weights=np.einsum("ij,ij->i", X, X), minlength=len(classes)
         )
         if self.track_scatter:
-            for k, (lo, hi) in enumerate(zip(starts, [*starts[1:], len(X)], strict=True)):
-                self._outer[rows[k]] += sorted_X[lo:hi].T @ sorted_X[lo:hi]
+            self._outer += X.T @ X
         return self
 
     def _rows(self, classes: list, dim: int) -> np.ndarray:
         new = [c for c in classes if c not in self._index]
         if self._sum is None:
             self._sum = np.zeros((0, dim))
-            self._outer = np.zeros((0, dim, dim)) if self.track_scatter else None
+            self._outer = np.zeros((dim, dim)) if self.track_scatter else None
         elif dim != self._sum.shape[1]:
             raise ValueError(
                 f"batch has {dim} features but earlier batches had {self._sum.shape[1]}"
@@ -66,8 +67,6 @@ class ClassStatistics:
             self._count = np.concatenate([self._count, np.zeros(grow, np.int64)])
             self._sum = np.concatenate([self._sum, np.zeros((grow, dim))])
             self._sq = np.concatenate([self._sq, np.zeros(grow)])
-            if self.track_scatter:
-                self._outer = np.concatenate([self._outer, np.zeros((grow, dim, dim))])
         return np.array([self._index[c] for c in classes])
 
     def _sorted_rows(self) -> np.ndarray:
@@ -103,7 +102,7 @@ class ClassStatistics:
         if not self.track_scatter:
             raise ValueError("within_scatter needs ClassStatistics(track_scatter=True)")
         means, counts = self.means, self.counts
-        total = self._outer.sum(axis=0) - (means.T * counts) @ means
+        total = self._outer - (means.T * counts) @ means
         return total / counts.sum()
 
 
@@ -155,7 +154,11 @@ def cdnv_from_statistics(stats: ClassStatistics) -> float:
 
 def nc1(X, y) -> float:
     """Within-class variability collapse: tr(S_W S_B^+) / C (Papyan et al.)."""
-    stats = ClassStatistics(track_scatter=True).update(X, y)
+    return nc1_from_statistics(ClassStatistics(track_scatter=True).update(X, y))
+
+
+def nc1_from_statistics(stats: ClassStatistics) -> float:
+    """NC1 from one-pass statistics gathered with ``track_scatter=True``."""
     means = stats.means
     centred = means - means.mean(axis=0)
     between = centred.T @ centred / len(means)
@@ -164,7 +167,11 @@ def nc1(X, y) -> float:
 
 def nc2(X, y) -> float:
     """Distance of the centred class means' Gram matrix from a simplex ETF's (0 = collapse)."""
-    _, means = class_means(X, y)
+    return nc2_from_means(class_means(X, y)[1])
+
+
+def nc2_from_means(means: np.ndarray) -> float:
+    """NC2 of class means, float (n_classes, d)."""
     n_classes = len(means)
     if n_classes < 2:
         raise ValueError("NC2 needs at least 2 classes")
