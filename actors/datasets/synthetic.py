@@ -74,7 +74,7 @@ def write_cifar(root: str | Path, name: str, n_train: int, n_test: int, *, seed:
 
     CIFAR-10 training samples are spread over ``data_batch_1`` .. ``data_batch_5``.
     """
-    from actors.datasets.cifar import CIFAR100_SUPERCLASSES, FOLDERS, FILES, class_names
+    from actors.datasets.cifar import CIFAR100_SUPERCLASSES, FILES, FOLDERS, class_names
 
     rng = np.random.RandomState(seed)
     names = class_names(name)

@@ -140,7 +140,8 @@ def test_breeds_living17_on_an_imagenet_tree(living17):
     # n01440764 (tench) sorts first and is not in living-17: every position is shifted by it
     reference = ImageFolder(str(living17 / "val")).samples
     assert data.sample_index("val").min() == 1 and data.num_samples("val") == 68
-    for i, path, sub in zip(data.sample_index("val"), data.paths("val"), data.subclass("val")):
+    rows = zip(data.sample_index("val"), data.paths("val"), data.subclass("val"), strict=True)
+    for i, path, sub in rows:
         assert reference[i][0] == str(living17 / path.decode())
         assert path.decode().split("/")[1] == data.hierarchy.ids[sub]
     shuffled = build_dataset(

@@ -116,7 +116,8 @@ def test_every_stage_ran_on_the_held_out_split(study):
     assert len(runs) == 3 and set(runs.status) == {"done"}
     assert runs.test_accuracy.between(0, 1).all()
     clusterings = store.read(S.CLUSTERINGS, columns=["dataset_id", "split"]).to_pandas()
-    split_of = {d.split("-")[0]: s for d, s in zip(clusterings.dataset_id, clusterings.split)}
+    pairs = zip(clusterings.dataset_id, clusterings.split, strict=True)
+    split_of = {d.split("-")[0]: s for d, s in pairs}
     assert split_of == {"imagefolder": "val", "imagenet": "val", "cifar10": "test"}
     ncc = store.read(S.METRICS, filter=where(metric="ncc_subclass")).to_pandas()
     assert len(ncc) == 3 * len(LAYERS)
