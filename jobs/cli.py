@@ -66,7 +66,7 @@ def run(
             spec, EmbeddingStore(store), address=address, fresh=fresh, console=err_console
         )
     except (SpecError, StoreError) as exc:
-        _fail(str(exc))
+        _fail(str(getattr(exc, "cause", exc)))  # a Ray task's error: the worker's own message
     elapsed = time.perf_counter() - start
     done = (
         ", ".join(f"{n} {stage}" for stage, n in counts.committed.items())
