@@ -164,7 +164,7 @@ def show(
     store: str = STORE_OPTION,
     method: str = typer.Option("ward", help="clustering method whose scores to show"),
 ) -> None:
-    """Show an experiment's runs and its per-layer scores."""
+    """Show an experiment's runs and its per-layer scores at each probe epoch."""
     from services.report import runs_frame
 
     opened = _open_existing(store)
@@ -197,6 +197,7 @@ def show(
 
 
 def _print_profile(store: EmbeddingStore, experiment: str, method: str) -> None:
+    """Print the per-layer scores, one block of rows per probe epoch (never averaged over)."""
     from services.report import layer_profile
 
     try:
@@ -204,25 +205,37 @@ def _print_profile(store: EmbeddingStore, experiment: str, method: str) -> None:
     except StoreError as exc:
         _fail(str(exc))
     factor = int(profile.overclustering_factor.iloc[0])
+    shown = {  # column title: metric, for the metrics the spec stored
+        title: metric
+        for title, metric in (
+            ("AMI", "ami"),
+            ("purity", "purity"),
+            ("NCC sub", "ncc_subclass"),
+            ("NCC super", "ncc_superclass"),
+        )
+        if f"{metric}_mean" in profile
+    }
     table = Table(
         "dataset / hierarchy",
         "arch",
+        "epoch",
         "layer",
-        "AMI",
-        "purity",
-        "NCC sub",
-        "NCC super",
-        title=f"{method}, k = subclasses x {factor}, mean ± sd over seeds",
+        *shown,
+        title=f"{method}, k = subclasses x {factor}, per probe epoch, mean ± sd over seeds",
     )
-    for r in profile.itertuples():
+    profile = profile.sort_values(["epoch", "dataset_id", "arch", "layer_index"])
+    last_of_epoch = profile.epoch.ne(profile.epoch.shift(-1))
+    for r, end_section in zip(profile.itertuples(), last_of_epoch, strict=True):
+        cells = [f"{getattr(r, f'{m}_mean'):.3f}" for m in shown.values()]
+        if "ami" in shown.values():
+            cells[0] += f" ± {np.nan_to_num(r.ami_std):.3f}"
         table.add_row(
             f"{r.dataset} / {r.hierarchy}",
             r.arch,
+            str(r.epoch),
             r.layer,
-            f"{r.ami_mean:.3f} ± {np.nan_to_num(r.ami_std):.3f}",
-            f"{r.purity_mean:.3f}",
-            f"{getattr(r, 'ncc_subclass_mean', np.nan):.3f}",
-            f"{getattr(r, 'ncc_superclass_mean', np.nan):.3f}",
+            *cells,
+            end_section=bool(end_section),
         )
     console.print(table)
 

@@ -21,6 +21,7 @@ from storage.filters import where
 GALLERY_SUPERCLASSES = 4  # superclasses shown per gallery
 GALLERY_CLUSTERS = 6  # largest clusters shown per superclass
 GALLERY_IMAGES = 10  # thumbnails shown per cluster
+ALL_SAMPLES = "all samples"  # gallery title of a clustering of the whole split
 
 
 @dataclass(frozen=True)
@@ -48,13 +49,16 @@ def cluster_gallery(
     layer: str,
     method: str,
     factor: int,
+    epoch: int | None = None,
     superclasses: int = GALLERY_SUPERCLASSES,
     clusters: int = GALLERY_CLUSTERS,
     images: int = GALLERY_IMAGES,
 ) -> dict[str, list[ClusterView]]:
     """The largest ``clusters`` clusters of each of the first ``superclasses`` superclasses.
 
-    Uses the clustering of the last epoch stored; keys are superclass names.
+    Uses the clustering of probe ``epoch`` (default: the last one stored). Keys are
+    superclass names, or ``ALL_SAMPLES`` for a clustering of the whole split
+    (``clustering.scope: all``).
     """
     rows = store.read(
         S.CLUSTERINGS,
@@ -74,8 +78,14 @@ def cluster_gallery(
             f"no {method!r} clustering of layer {layer!r} (seed {seed}, k = subclasses x "
             f"{factor}) in experiment {experiment_id!r}; pick one that `stratalens show` lists"
         )
-    last_epoch = max(row["epoch"] for row in rows)
-    rows = [row for row in rows if row["epoch"] == last_epoch]
+    epochs = sorted({row["epoch"] for row in rows})
+    epoch = epochs[-1] if epoch is None else epoch
+    if epoch not in epochs:
+        raise StoreError(
+            f"layer {layer!r} of seed {seed} was not clustered at epoch {epoch}; "
+            f"pick one of the probe epochs {epochs}"
+        )
+    rows = [row for row in rows if row["epoch"] == epoch]
     rows.sort(key=lambda row: _scope_order(row["scope"]))
     rows = rows[:superclasses]
     split = rows[0]["split"]
@@ -93,7 +103,7 @@ def cluster_gallery(
         index, labels = np.asarray(row["sample_index"]), np.asarray(row["labels"])
         ids, sizes = np.unique(labels, return_counts=True)
         largest = ids[np.argsort(-sizes, kind="stable")][:clusters]
-        title = superclass_of.get(int(index[0]), row["scope"]) if len(index) else row["scope"]
+        title = _scope_title(row["scope"], index, superclass_of)
         picked[title] = [(int(c), index[labels == c].tolist()) for c in largest]
 
     shown = sorted(
@@ -138,6 +148,13 @@ def gallery_html(gallery: dict[str, list[ClusterView]]) -> str:
             )
             parts.append(f'<div class="cluster"><span>{caption}</span>{images}</div>')
     return "\n".join(parts)
+
+
+def _scope_title(scope: str, index: np.ndarray, superclass_of: dict[int, str]) -> str:
+    """A superclass scope's name (that of its first sample); ``ALL_SAMPLES`` for scope all."""
+    if scope.startswith("superclass=") and len(index):
+        return superclass_of.get(int(index[0]), scope)
+    return ALL_SAMPLES if scope == "all" else scope
 
 
 def _scope_order(scope: str) -> tuple[int, str]:

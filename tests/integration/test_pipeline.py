@@ -1,6 +1,8 @@
 """The reduced quickstart through the real pipeline: local Ray, Lance in a tmp dir."""
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from sklearn import metrics as skm
 from typer.testing import CliRunner
@@ -34,9 +36,14 @@ def test_every_stage_committed(study):
     assert runs.test_accuracy.between(0, 1).all()
     digits = runs[runs.dataset == "digits"]
     assert (digits.test_accuracy > 0.5).all()  # chance is 1/5 superclasses
-    n_units = {"train + extract": 4 * len(LAYERS) * 2 + 4, "cluster": 4 * len(LAYERS) * 2}
-    for stage, n in n_units.items():
-        assert counts.committed[stage] == n
+    assert counts.committed == {
+        "samples": 2 * 2,  # (dataset, split)
+        "train + extract": 4 * len(LAYERS) * 2 + 4,  # (run, layer, split) and the runs rows
+        "cluster": 4 * len(LAYERS) * 2,  # (run, layer, method)
+        # the clusterings of each cluster unit, each (run, layer), and each (dataset, method,
+        # factor) for the seed pairs
+        "score": 4 * len(LAYERS) * 2 + 4 * len(LAYERS) + 2 * 2 * 2,
+    }
 
 
 def test_embeddings_once_per_run_split_sample(study):
@@ -90,6 +97,9 @@ def test_stored_scores_match_an_independent_recomputation(study):
         assert stored["ari"] == pytest.approx(
             skm.adjusted_rand_score(truth, row["labels"]), abs=1e-12
         )
+        assert stored["nmi"] == pytest.approx(
+            skm.normalized_mutual_info_score(truth, row["labels"]), abs=1e-12
+        )
         table = skm.cluster.contingency_matrix(truth, row["labels"])
         assert stored["purity"] == pytest.approx(table.max(axis=0).sum() / table.sum())
         checked += 1
@@ -100,21 +110,20 @@ def test_ncc_matches_an_independent_recomputation(study):
     _, store, _ = study
     run_id = store.read(S.RUNS).column("run_id")[0].as_py()
     rows = store.embeddings("it", "small_cnn", "fc2", run_id=run_id)
-    X, split, y = (
-        embedding_matrix(rows),
-        rows.column("split").to_numpy(zero_copy_only=False),
-        rows.column("subclass").to_numpy(),
-    )
+    X = embedding_matrix(rows)
+    split = rows.column("split").to_numpy(zero_copy_only=False)
     train, test = split == "train", split == "test"
-    classes = np.unique(y[train])
-    means = np.stack([X[train][y[train] == c].mean(0) for c in classes])
-    nearest = classes[((X[test][:, None, :] - means[None]) ** 2).sum(-1).argmin(1)]
-    stored = (
-        store.read(S.METRICS, filter=where(run_id=run_id, layer="fc2", metric="ncc_subclass"))
-        .column("value")[0]
-        .as_py()
-    )
-    assert stored == pytest.approx((nearest == y[test]).mean(), abs=1e-9)
+    for level in ("subclass", "superclass"):
+        y = rows.column(level).to_numpy()
+        classes = np.unique(y[train])
+        means = np.stack([X[train][y[train] == c].mean(0) for c in classes])
+        nearest = classes[((X[test][:, None, :] - means[None]) ** 2).sum(-1).argmin(1)]
+        stored = (
+            store.read(S.METRICS, filter=where(run_id=run_id, layer="fc2", metric=f"ncc_{level}"))
+            .column("value")[0]
+            .as_py()
+        )
+        assert stored == pytest.approx((nearest == y[test]).mean(), abs=1e-9)
 
     # CDNV of the superclasses on the train split, from its definition
     sup = rows.column("superclass").to_numpy()[train]
@@ -180,11 +189,26 @@ def test_report_and_profile(study, tmp_path):
     _, store, _ = study
     profile = layer_profile(store, "it")
     assert list(profile[profile.dataset == "digits"].layer) == list(LAYERS)
-    assert profile.ami_mean.between(-0.1, 1).all()
+    assert set(profile.epoch) == {2} and set(profile.n_seeds) == {2}
+    # the same means from the metrics table: over superclasses, then over seeds
+    metrics = store.read(S.METRICS, filter=where(method="ward", overclustering_factor=1))
+    per_seed = metrics.to_pandas().groupby(["dataset_id", "layer", "metric", "seed"]).value.mean()
+    expected = per_seed.groupby(["dataset_id", "layer", "metric"]).agg(["mean", "std"])
+    assert len(profile) == 2 * len(LAYERS)
+    for row in profile.itertuples():
+        for metric in ("ami", "purity"):
+            mean, std = expected.loc[(row.dataset_id, row.layer, metric)]
+            assert getattr(row, f"{metric}_mean") == pytest.approx(mean, abs=1e-12)
+            assert getattr(row, f"{metric}_std") == pytest.approx(std, abs=1e-12)
     page = write_report(store, "it", tmp_path / "report")
     html = page.read_text()
-    for name in ("ami_vs_layer_ward.png", "purity_vs_layer_kmeans.png"):
-        assert name in html and (tmp_path / "report" / name).stat().st_size > 1000
+    for name in (
+        "ami_vs_layer_ward.png",
+        "purity_vs_layer_kmeans.png",
+        "ncc_subclass_vs_layer.png",
+    ):
+        assert name in html and (tmp_path / "report" / name).stat().st_size > 10_000
+    assert "_vs_epoch" not in html  # one probe epoch: nothing to draw against epoch
     assert sum(1 for p in (tmp_path / "report").glob("ari_*.png")) == 4
     assert "<h2>Clusters (ward" in html and 'src="data:image/png;base64,' in html
 
@@ -221,7 +245,7 @@ def test_cluster_gallery_shows_the_stored_clusters_with_their_thumbnails(study):
             names = samples.subclass_name[members].value_counts()
             assert view.subclasses[0][1] == names.iloc[0]
             assert view.thumbnails == list(samples.thumbnail[members[:4]])
-            assert Image.open(io.BytesIO(view.thumbnails[0])).size[0] > 0
+            assert Image.open(io.BytesIO(view.thumbnails[0])).size == (32, 32)  # 8 px upscaled
     assert gallery_html(gallery).count('src="data:image/png;base64,') == sum(
         len(v.thumbnails) for views in gallery.values() for v in views
     )
@@ -232,9 +256,24 @@ def test_cluster_gallery_shows_the_stored_clusters_with_their_thumbnails(study):
 def test_cli_show_and_export(study, tmp_path):
     _, store, _ = study
     runner = CliRunner()
-    result = runner.invoke(app, ["show", "it", "--store", store.root])
+    result = runner.invoke(app, ["show", "it", "--store", store.root], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
-    assert "fc2" in result.output
+    profile = layer_profile(store, "it").set_index(["dataset", "layer"])
+    shown = {}
+    for line in result.output.splitlines():
+        cells = [c.strip() for c in line.split("│")[1:-1]]
+        if len(cells) == 8 and cells[3] in LAYERS:
+            shown[cells[0].split(" / ")[0], cells[3]] = cells
+    assert set(shown) == set(profile.index)
+    for key, cells in shown.items():
+        row = profile.loc[key]
+        assert cells[2] == "2"  # the probe epoch
+        assert cells[4:] == [
+            f"{row.ami_mean:.3f} ± {row.ami_std:.3f}",
+            f"{row.purity_mean:.3f}",
+            f"{row.ncc_subclass_mean:.3f}",
+            f"{row.ncc_superclass_mean:.3f}",
+        ]
     out = tmp_path / "fc2.npy"
     export = "embeddings it --arch small_cnn --layer fc2 --seed 1 --split test --superclass 2"
     result = runner.invoke(app, [*export.split(), "--out", str(out), "--store", store.root])
@@ -242,11 +281,19 @@ def test_cli_show_and_export(study, tmp_path):
     exported = np.load(out)
     expected = store.embeddings("it", "small_cnn", "fc2", seed=1, split="test", superclass=2)
     np.testing.assert_array_equal(exported, embedding_matrix(expected))
+    conv1 = store.embeddings("it", "small_cnn", "conv1")
     for suffix in (".parquet", ".arrow"):
-        conv1 = ["embeddings", "it", "--arch", "small_cnn", "--layer", "conv1"]
-        out_file = str(tmp_path / f"x{suffix}")
-        result = runner.invoke(app, [*conv1, "--out", out_file, "--store", store.root])
+        args = ["embeddings", "it", "--arch", "small_cnn", "--layer", "conv1"]
+        out_file = tmp_path / f"x{suffix}"
+        result = runner.invoke(app, [*args, "--out", str(out_file), "--store", store.root])
         assert result.exit_code == 0, result.output
+        assert f"wrote {conv1.num_rows} x 16 to" in result.output
+        if suffix == ".parquet":
+            written = pq.read_table(out_file)
+        else:
+            written = pa.ipc.open_file(out_file).read_all()
+        assert written.column("sample_index").equals(conv1.column("sample_index"))
+        np.testing.assert_array_equal(embedding_matrix(written), embedding_matrix(conv1))
 
 
 def test_external_readers_open_the_tables(study):
