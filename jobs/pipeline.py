@@ -39,7 +39,7 @@ from services.scoring import (
     score_consistency,
     score_layer,
 )
-from storage import EmbeddingStore, embeddings_table
+from storage import EmbeddingStore, StoreError, embeddings_table
 from storage import schema as S
 from storage.filters import where
 
@@ -88,7 +88,7 @@ def run_experiment(
     """Run (or resume) every stage of ``spec`` against ``store``."""
     console = console or Console(stderr=True)
     counts = StageCounts()
-    register_experiment(spec, store, fresh=fresh)
+    created = register_experiment(spec, store, fresh=fresh)
     init_ray(address)
     columns = (
         TextColumn("{task.description:<18}"),
@@ -96,17 +96,31 @@ def run_experiment(
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=console, transient=False) as progress:
-        write_samples(spec, store, progress, counts)
-        train_and_extract(spec, store, progress, counts)
-        cluster(spec, store, progress, counts)
-        score(spec, store, progress, counts)
+    new_samples: list[str] = []
+    try:
+        with Progress(*columns, console=console, transient=False) as progress:
+            write_samples(spec, store, progress, counts, new_samples)
+            train_and_extract(spec, store, progress, counts)
+            cluster(spec, store, progress, counts)
+            score(spec, store, progress, counts)
+    except StoreError:
+        # Data the store refused (a NaN embedding, a wrong dimension) means the spec must
+        # change, so an experiment this call began is removed: the changed spec can then
+        # reuse its name. A corrupt image file (DatasetError) keeps the work: fixing the
+        # file and re-running the same spec resumes.
+        if created:
+            store.delete_experiment(spec.experiment_id)
+            store.delete_units(S.SAMPLES, new_samples)
+        raise
     return counts
 
 
 # -- stage 0: the experiment row and the samples table ---------------------------
-def register_experiment(spec: ExperimentSpec, store: EmbeddingStore, *, fresh: bool) -> None:
-    """Record the spec; refuse to mix a changed spec into an existing experiment."""
+def register_experiment(spec: ExperimentSpec, store: EmbeddingStore, *, fresh: bool) -> bool:
+    """Record the spec; refuse to mix a changed spec into an existing experiment.
+
+    Returns whether the experiment was created by this call.
+    """
     if fresh:
         store.delete_experiment(spec.experiment_id)
     rows = store.read(
@@ -118,14 +132,14 @@ def register_experiment(spec: ExperimentSpec, store: EmbeddingStore, *, fresh: b
                 f"experiment {spec.experiment_id!r} already exists in {store.root} with a "
                 "different spec; pass --fresh to replace it or give the spec another name"
             )
-        return
+        return False
     row = {
         "experiment_id": spec.experiment_id,
         "name": spec.name,
         "spec": spec.canonical_json(),
         "created_at": datetime.now(timezone.utc),
     }
-    store.write_unit(
+    return store.write_unit(
         S.EXPERIMENTS,
         spec.experiment_id,
         pa.Table.from_pylist([row], schema=S.EXPERIMENTS_SCHEMA.remove(0)),
@@ -133,16 +147,25 @@ def register_experiment(spec: ExperimentSpec, store: EmbeddingStore, *, fresh: b
 
 
 def write_samples(
-    spec: ExperimentSpec, store: EmbeddingStore, progress: Progress, counts: StageCounts
+    spec: ExperimentSpec,
+    store: EmbeddingStore,
+    progress: Progress,
+    counts: StageCounts,
+    new_keys: list[str],
 ) -> None:
-    """One ``samples`` unit per (dataset, split), written by a Ray task that reads the data."""
+    """One ``samples`` unit per (dataset, split), written by a Ray task that reads the data.
+
+    The keys of the units it writes are appended to ``new_keys``.
+    """
     committed = store.committed_keys(S.SAMPLES)
     pending = {}
     for dataset_spec in spec.datasets:
         data = load_dataset(dataset_spec)
         for split in data.splits:
-            if samples_unit_key(data.dataset_id, split) in committed:
+            key = samples_unit_key(data.dataset_id, split)
+            if key in committed:
                 continue
+            new_keys.append(key)
             task = samples_task.options(num_cpus=spec.resources.trainer_cpus)
             pending[task.remote(store, data.config, split, spec.resources.workers)] = None
     had_work = bool(pending)

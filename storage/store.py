@@ -412,6 +412,12 @@ class EmbeddingStore:
         if fs.get_file_info(prefix).type == pafs.FileType.Directory:
             fs.delete_dir(prefix)
 
+    def delete_units(self, table: str, unit_keys: list[str]) -> None:
+        """Remove the rows of the units ``unit_keys`` from ``table`` (if any)."""
+        ds = self.dataset(table)
+        if ds is not None and unit_keys:
+            ds.delete(where(unit_key=list(unit_keys)))
+
     # -- reads ----------------------------------------------------------------
     def read(
         self,

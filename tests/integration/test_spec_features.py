@@ -23,7 +23,7 @@ from actors.datasets import DatasetConfig
 from actors.models import probe_layers
 from actors.training import Trainer, TrainingConfig
 from jobs.cli import app
-from jobs.pipeline import run_experiment
+from jobs.pipeline import register_experiment, run_experiment
 from jobs.spec import ExperimentSpec
 from services.report import layer_profile
 from storage import EmbeddingStore, embedding_matrix, embeddings_table
@@ -348,12 +348,22 @@ def test_cli_refuses_a_nan_embedding(local_ray, tmp_path):
     store = EmbeddingStore(root)
     assert not any(t.startswith("embeddings/") for t in store.list_tables())
     assert store.dataset(S.RUNS) is None
+    # the experiment this run began and the samples it wrote are gone: the store holds
+    # what it held before (nothing), so a corrected spec can reuse the name
+    assert store.read(S.EXPERIMENTS).num_rows == 0
+    assert store.read(S.SAMPLES).num_rows == 0
 
 
 def test_cli_refuses_a_wrong_embedding_dimension(local_ray, tmp_path):
-    """A layer table that already holds 4-dimensional rows refuses conv1's 16."""
+    """A layer table that already holds 4-dimensional rows refuses conv1's 16.
+
+    The experiment was begun by an earlier call (as when a model's code changed under
+    the same arch name), so its rows stay as they were.
+    """
     root = str(tmp_path / "store")
     store = EmbeddingStore(root)
+    spec_path = _spec_file(tmp_path, "dim", 0.1)
+    register_experiment(ExperimentSpec.from_yaml(spec_path), store, fresh=False)
     table = embeddings_table("dim", "small_cnn", "conv1")
     values = np.zeros((2, 4), np.float32)
     rows = S.embedding_rows(
@@ -371,9 +381,10 @@ def test_cli_refuses_a_wrong_embedding_dimension(local_ray, tmp_path):
     )
     store.write_unit(table, "other", rows, S.embeddings_schema(4))
     version = store.version(table)
-    result = runner.invoke(app, ["run", _spec_file(tmp_path, "dim", 0.1), "--store", root])
+    result = runner.invoke(app, ["run", spec_path, "--store", root])
     assert result.exit_code == 2, result.output
     error = _error_sentence(result.output)
     assert "embeddings/dim/small_cnn/conv1" in error and "[16]" in error and "[4]" in error
     assert store.version(table) == version and store.read(table).num_rows == 2
     assert store.dataset(S.RUNS) is None
+    assert store.read(S.EXPERIMENTS).column("experiment_id").to_pylist() == ["dim"]
