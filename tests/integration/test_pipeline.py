@@ -4,12 +4,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from sklearn import metrics as skm
 from typer.testing import CliRunner
 
-from actors.models import probe_layers
+from actors.models import LayerTaps, probe_layers
 from jobs.cli import app
-from jobs.pipeline import run_experiment
+from jobs.pipeline import run_experiment, run_plans
 from jobs.spec import ExperimentSpec, SpecError
 from services.report import layer_profile, write_report
 from storage import EmbeddingStore, embedding_matrix, embeddings_table
@@ -303,3 +304,68 @@ def test_external_readers_open_the_tables(study):
     _, store, _ = study
     runs = lance.dataset(f"{store.root}/runs").to_table()  # noqa: F841  (read by DuckDB below)
     assert duckdb.sql("SELECT count(*) FROM runs").fetchall()[0][0] == 4
+
+
+@pytest.fixture(scope="module")
+def retrained(study):
+    """The model of each digits run, trained again in this process (training is
+    deterministic for a seed on CPU with one thread, as in the trainer actor)."""
+    from actors.training import Trainer
+
+    spec, _, _ = study
+    threads = torch.get_num_threads()
+    models = {}
+    for plan in run_plans(spec):
+        if plan.dataset.name == "digits":
+            trainer = Trainer(plan.arch, plan.dataset, plan.training, plan.seed, threads=1)
+            trainer.train_to(spec.training.epochs)
+            models[plan.run_id] = trainer
+    torch.set_num_threads(threads)
+    return models
+
+
+def test_stored_rows_are_the_activations_of_the_samples_they_are_filed_under(study, retrained):
+    _, store, _ = study
+    rng = np.random.RandomState(0)
+    for run_id, trainer in retrained.items():
+        for layer in LAYERS:
+            for split in ("train", "test"):
+                rows = store.embeddings(
+                    "it", "small_cnn", layer, run_id=run_id, split=split, epoch=2
+                )
+                picked = rng.choice(rows.num_rows, 5, replace=False)
+                index = rows.column("sample_index").to_numpy()[picked]
+                stored = embedding_matrix(rows.take(picked))
+                images = torch.from_numpy(trainer.data.images[split][index])
+                trainer.model.eval()
+                with torch.no_grad(), LayerTaps(trainer.model, [layer]) as taps:
+                    trainer.model(images)
+                    expected = taps.outputs[layer].numpy()
+                np.testing.assert_allclose(stored, expected, rtol=1e-4, atol=1e-5)
+                # a row filed one sample off would be far outside that tolerance
+                with torch.no_grad(), LayerTaps(trainer.model, [layer]) as taps:
+                    n = trainer.data.num_samples(split)
+                    trainer.model(torch.from_numpy(trainer.data.images[split][(index + 1) % n]))
+                    shifted = taps.outputs[layer].numpy()
+                assert np.abs(shifted - stored).max() > 1e-2
+                np.testing.assert_array_equal(
+                    rows.column("subclass").to_numpy()[picked], trainer.data.subclass(split)[index]
+                )
+
+
+def test_penultimate_ncc_tracks_the_superclass_accuracy_and_conv2_clusters_digits(study):
+    _, store, _ = study
+    runs = store.read(S.RUNS).to_pandas().set_index("run_id")
+    ncc = store.read(
+        S.METRICS, filter=where(metric="ncc_superclass", layer="fc2", split="test")
+    ).to_pandas()
+    digits = ncc[ncc.dataset_id.str.startswith("digits")]
+    assert len(digits) == 2
+    for row in digits.itertuples():
+        assert abs(row.value - runs.loc[row.run_id, "test_accuracy"]) <= 0.05
+    ami = store.read(
+        S.METRICS, filter=where(metric="ami", method="ward", layer="conv2", overclustering_factor=1)
+    ).to_pandas()
+    per_seed = ami[ami.dataset_id.str.startswith("digits")].groupby("seed").value.mean()
+    # two digits per superclass: chance AMI is ~0; the quickstart measures ~0.78
+    assert len(per_seed) == 2 and (per_seed > 0.4).all(), per_seed
