@@ -54,18 +54,23 @@ def emi_size_table(sizes_a, sizes_b, n: int) -> np.ndarray:
     # a table lookup is a third of the cost of a logarithm in the inner loop
     largest = max(int(sizes_a.max()), int(sizes_b.max()))
     log_ints = np.log(np.maximum(np.arange(largest + 1, dtype=np.float64), 1.0))
-    return _size_table(sizes_a, sizes_b, n, log_factorials(n), log_ints, EMI_TOLERANCE)
+    # the overlap of a class of size a and a cluster of size b is distributed as that of
+    # a class of size b and a cluster of size a, so a square table is summed once per pair
+    symmetric = np.array_equal(sizes_a, sizes_b)
+    return _size_table(sizes_a, sizes_b, n, log_factorials(n), log_ints, EMI_TOLERANCE, symmetric)
 
 
 @njit(cache=True)
-def _size_table(sizes_a, sizes_b, n, log_fact, log_ints, tolerance):
+def _size_table(sizes_a, sizes_b, n, log_fact, log_ints, tolerance, symmetric):
     table = np.zeros((sizes_a.size, sizes_b.size))
     log_n = math.log(n)
     for i in range(sizes_a.size):
-        for j in range(sizes_b.size):
+        for j in range(i if symmetric else 0, sizes_b.size):
             table[i, j] = _size_pair(
                 sizes_a[i], sizes_b[j], n, log_n, log_fact, log_ints, tolerance
             )
+            if symmetric:
+                table[j, i] = table[i, j]
     return table
 
 

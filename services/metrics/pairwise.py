@@ -75,7 +75,10 @@ def _all_pairs_emi(coded) -> np.ndarray:
         values, counts = np.unique(s[s > 0], return_counts=True)
         multiplicity[k, np.searchsorted(all_sizes, values)] = counts
     n = int(sizes[0].sum())
-    return multiplicity @ emi_size_table(all_sizes, all_sizes, n) @ multiplicity.T
+    table = emi_size_table(all_sizes, all_sizes, n)
+    # einsum's own loops, not BLAS: on a busy machine a threaded gemm can wait ms for its threads
+    by_size = np.einsum("ia,ab->ib", multiplicity, table)
+    return np.einsum("ib,jb->ij", by_size, multiplicity)
 
 
 def _transpose(table: Contingency) -> Contingency:
