@@ -37,6 +37,8 @@ def return_large_buffers_to_the_os() -> None:
         ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
     except OSError:  # not glibc: nothing to tune
         pass
+
+
 LOSSES = ("softmax_ce", "squared_error")
 
 
