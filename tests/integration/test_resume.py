@@ -102,7 +102,8 @@ def assert_units_whole(store: EmbeddingStore) -> None:
     "kill_after",
     [
         pytest.param(embeddings_table("killed", "small_cnn", LAYERS[0]), id="while-training"),
-        pytest.param(S.CLUSTERINGS, id="while-clustering"),
+        # the same protocol at a later stage; slow, so opt-in (-m slow)
+        pytest.param(S.CLUSTERINGS, id="while-clustering", marks=pytest.mark.slow),
     ],
 )
 def test_killed_run_resumes_to_the_same_complete_store(tmp_path, kill_after, clean_rows):
