@@ -57,6 +57,7 @@ def run(
     """Train, extract, cluster and score everything the spec asks for (resumable)."""
     from actors.datasets import DatasetError
     from jobs.pipeline import run_experiment
+    from jobs.plan import PlanError
     from jobs.spec import ExperimentSpec, SpecError
 
     try:
@@ -66,7 +67,7 @@ def run(
         counts = run_experiment(
             spec, EmbeddingStore(store), address=address, fresh=fresh, console=err_console
         )
-    except (SpecError, StoreError, DatasetError) as exc:
+    except (SpecError, StoreError, DatasetError, PlanError) as exc:
         # raised in a Ray worker, it arrives wrapped; its cause holds the one sentence
         _fail(str(getattr(exc, "cause", None) or exc))
     elapsed = time.perf_counter() - start
@@ -79,6 +80,88 @@ def run(
     console.print(
         f"next: stratalens report {spec.experiment_id} --store {store} --out stratalens-report"
     )
+
+
+@app.command()
+def plan(
+    spec_path: Path = typer.Argument(..., help="experiment spec (YAML)"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of tables"),
+    worker_memory_gb: float = typer.Option(
+        None,
+        "--worker-memory-gb",
+        help="memory of one clustering worker; default: the spec's "
+        "resources.worker_memory_gb, else what this machine has available",
+    ),
+    assume_counts: str = typer.Option(
+        None,
+        "--assume-counts",
+        help="samples per split for datasets whose images are elsewhere, training split "
+        "first, e.g. train=88400,val=3400 (spread evenly over the hierarchy's subclasses)",
+    ),
+) -> None:
+    """What SPEC will run, store and need, without running anything (exit 2 if it cannot fit)."""
+    import json
+
+    from actors.datasets import DatasetError
+    from jobs.plan import PlanError, assumed_counts, parse_counts, plan_experiment
+    from jobs.spec import ExperimentSpec, SpecError
+
+    if worker_memory_gb is not None and worker_memory_gb <= 0:
+        _fail(f"--worker-memory-gb {worker_memory_gb} should be > 0; pass the GiB of one worker")
+    try:
+        counts = parse_counts(assume_counts) if assume_counts else None
+        with assumed_counts(counts):
+            spec = ExperimentSpec.from_yaml(spec_path)
+            capacity = plan_experiment(
+                spec, worker_memory_gb=worker_memory_gb, assume_counts=counts
+            )
+    except (SpecError, PlanError, DatasetError) as exc:
+        _fail(str(exc))
+    if as_json:
+        print(json.dumps(capacity.to_json(), indent=2))
+    else:
+        _print_plan(capacity)
+    try:
+        capacity.check_memory()
+    except PlanError as exc:
+        _fail(str(exc))
+
+
+def _print_plan(capacity) -> None:
+    """The plan as three tables: units per stage, table growth, clustering peaks."""
+    if capacity.assumed:
+        console.print(f"assumed samples per split (images not read): {capacity.assumed}")
+    units = Table("stage", "units", title=f"{capacity.experiment_id}: units of work")
+    for stage, n in capacity.units.items():
+        units.add_row(stage, f"{n:,}")
+    console.print(units)
+    tables = Table("table", "rows", "bytes", title="what the store gains (compacted data files)")
+    for t in capacity.tables:
+        tables.add_row(t.table, f"{t.rows:,}", _size(t.bytes))
+    tables.add_row("total", "", _size(capacity.total_bytes), end_section=True)
+    console.print(tables)
+    peaks = Table(
+        "method",
+        "backend (auto)",
+        "algorithm",
+        "largest fit",
+        "dim",
+        "peak memory",
+        "fits",
+        title=f"largest clustering task per method; worker budget "
+        f"{_size(capacity.worker_memory_bytes)} ({capacity.memory_source})",
+    )
+    for p in capacity.clustering:
+        peaks.add_row(
+            p.method,
+            p.backend,
+            p.algorithm,
+            f"{p.n_samples:,} of {p.split_samples:,}",
+            str(p.dim),
+            _size(p.peak_bytes),
+            "yes" if p.fits else "[bold red]no[/]",
+        )
+    console.print(peaks)
 
 
 @app.command()
@@ -364,7 +447,7 @@ def _size(n_bytes: float) -> str:
     return f"{n_bytes:.0f} B" if power == 0 else f"{n_bytes:.1f} {units[power]}"
 
 
-BENCHMARKS = ("cluster", "data", "metrics", "store")
+BENCHMARKS = ("cluster", "data", "metrics", "plan", "store")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
