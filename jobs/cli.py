@@ -164,6 +164,87 @@ def _print_plan(capacity) -> None:
     console.print(peaks)
 
 
+ADDRESS_OPTION = typer.Option(
+    ..., "--address", help="Ray job server (dashboard) address, e.g. http://HEAD:8265"
+)
+JOB_POLL_SECONDS = 2.0
+
+
+@app.command()
+def submit(
+    spec_path: Path = typer.Argument(..., help="experiment spec (YAML)"),
+    address: str = ADDRESS_OPTION,
+    store: str = typer.Option(None, "--store", help="store root the job writes (s3://...)"),
+    wait: bool = typer.Option(False, "--wait", help="wait, print the logs, exit with the outcome"),
+    runtime_env: Path = typer.Option(None, "--runtime-env", help="extra Ray runtime env (YAML)"),
+) -> None:
+    """Submit `stratalens run SPEC` to a Ray cluster as a job (the spec travels with it)."""
+    import yaml
+
+    from jobs.spec import ExperimentSpec, SpecError
+    from jobs.submit import SubmitError
+    from jobs.submit import submit as submit_job
+
+    try:
+        ExperimentSpec.from_yaml(spec_path)
+        env = yaml.safe_load(runtime_env.read_text()) if runtime_env else None
+        job_id = submit_job(spec_path, address, store=store, runtime_env=env)
+    except (SpecError, SubmitError) as exc:
+        _fail(str(exc))
+    console.print(job_id)
+    if wait:
+        _follow(address, job_id)
+
+
+def _follow(address: str, job_id: str) -> None:
+    """Wait for ``job_id`` to end, print its logs, exit non-zero unless it succeeded."""
+    from ray.job_submission import JobStatus
+
+    from jobs.submit import client
+
+    jobs = client(address)
+    while jobs.get_job_status(job_id) not in {
+        JobStatus.SUCCEEDED,
+        JobStatus.FAILED,
+        JobStatus.STOPPED,
+    }:
+        time.sleep(JOB_POLL_SECONDS)
+    print(jobs.get_job_logs(job_id), end="")
+    status = jobs.get_job_status(job_id)
+    if status != JobStatus.SUCCEEDED:
+        _fail(f"job {job_id} ended {status.value}; read its logs: stratalens jobs logs {job_id}")
+
+
+@app.command()
+def jobs(
+    action: str = typer.Argument(..., help="ls | status | logs | stop"),
+    job_id: str = typer.Argument(None, help="job id (status, logs, stop)"),
+    address: str = ADDRESS_OPTION,
+) -> None:
+    """List, inspect, read or stop the Ray jobs of a cluster."""
+    from jobs.submit import SubmitError, client
+
+    if action not in ("ls", "status", "logs", "stop"):
+        _fail(f"unknown jobs action {action!r}; choose one of ls, status, logs, stop")
+    if action != "ls" and not job_id:
+        _fail(f"`stratalens jobs {action}` needs a JOB_ID; list them with `stratalens jobs ls`")
+    try:
+        jobs_client = client(address)
+    except SubmitError as exc:
+        _fail(str(exc))
+    if action == "ls":
+        table = Table("job", "status", "entrypoint")
+        for job in jobs_client.list_jobs():
+            table.add_row(job.submission_id or job.job_id or "", job.status.value, job.entrypoint)
+        console.print(table)
+    elif action == "status":
+        console.print(jobs_client.get_job_status(job_id).value)
+    elif action == "logs":
+        print(jobs_client.get_job_logs(job_id), end="")
+    else:
+        console.print("stopped" if jobs_client.stop_job(job_id) else "already finished")
+
+
 @app.command()
 def hierarchy(
     name: str = typer.Argument(
