@@ -187,6 +187,12 @@ class ResourcesSpec(_Strict):
     worker_gpus: float = Field(
         0, ge=0, description="GPUs per clustering/scoring task (cuML, torch Ward)"
     )
+    worker_memory_gb: float | None = Field(
+        None,
+        gt=0,
+        description="memory of one clustering worker (GiB); `stratalens plan` and `run` refuse "
+        "a spec whose largest fit needs more; default: what the machine has available",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     loader_workers: int | None = Field(
         None,
