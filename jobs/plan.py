@@ -34,6 +34,7 @@ from actors.datasets import (
     build_dataset,
     build_hierarchy,
 )
+from jobs.spec import datasets_loaded_by
 from storage import schema as S
 
 GIB = 1 << 30
@@ -160,14 +161,8 @@ def assumed_counts(counts: dict[str, int] | None) -> Iterator[None]:
     if counts is None:
         yield
         return
-    import jobs.spec as spec_module
-
-    original = spec_module.load_dataset
-    spec_module.load_dataset = lambda d: assumed_dataset(d.config(), counts)
-    try:
+    with datasets_loaded_by(lambda d: assumed_dataset(d.config(), counts)):
         yield
-    finally:
-        spec_module.load_dataset = original
 
 
 def _input_shape(data: HierarchicalDataset) -> tuple[int, ...]:

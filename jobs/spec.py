@@ -6,7 +6,10 @@ what would be accepted, before any work starts.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -310,8 +313,30 @@ def _cached_dataset(config_json: str) -> HierarchicalDataset:
     return build_dataset(DatasetConfig(**data))
 
 
+_DATASET_LOADER: ContextVar[Callable[[DatasetSpec], HierarchicalDataset] | None] = ContextVar(
+    "dataset_loader", default=None
+)
+
+
+@contextlib.contextmanager
+def datasets_loaded_by(loader: Callable[[DatasetSpec], HierarchicalDataset]) -> Iterator[None]:
+    """Within the block, :func:`load_dataset` (spec validation included) calls ``loader``.
+
+    ``stratalens plan --assume-counts`` uses it to validate and plan a spec whose
+    images live elsewhere (a cluster's volume).
+    """
+    token = _DATASET_LOADER.set(loader)
+    try:
+        yield
+    finally:
+        _DATASET_LOADER.reset(token)
+
+
 def load_dataset(spec: DatasetSpec) -> HierarchicalDataset:
     """Build (once per process) the dataset a spec names: its index and labels, no images."""
+    loader = _DATASET_LOADER.get()
+    if loader is not None:
+        return loader(spec)
     return _cached_dataset(json.dumps(spec.model_dump(mode="json"), sort_keys=True))
 
 
