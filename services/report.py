@@ -37,7 +37,7 @@ PANEL_SIZE = (5.5, 4.2)  # inches per subplot
 DPI = 110
 # Rows of the pipeline's cross-seed stage; `stratalens compare` rows (keys "compare/...")
 # pair other sides (archs, experiments, epochs) and are drawn by compare_matrix alone.
-SEED_PAIRS = " AND unit_key LIKE 'pairs/%'"
+SEED_PAIRS = " AND NOT unit_key LIKE 'compare/%'"
 
 
 def runs_frame(store: EmbeddingStore, experiment_id: str) -> pd.DataFrame:
