@@ -360,6 +360,44 @@ def show(
     _print_profile(opened, experiment, method)
 
 
+@app.command()
+def compare(
+    experiments: list[str] = typer.Argument(..., help="experiment ids (one or more)"),
+    archs: str = typer.Option(None, "--archs", help="comma-separated archs; default all"),
+    epochs: str = typer.Option(None, "--epochs", help="comma-separated probe epochs; default all"),
+    metrics: str = typer.Option(
+        "ari,cka", "--metrics", help="comma-separated: ari, ami, nmi, cka, cka_debiased, mknn"
+    ),
+    k: int = typer.Option(10, "--k", min=1, help="neighbours for mknn"),
+    store: str = STORE_OPTION,
+) -> None:
+    """Layer x layer scores between every pair of runs (seeds, archs, experiments, probe
+    epochs) over the same dataset and split, into the pairs table (resumable)."""
+    from jobs.compare import CompareError, run_compare
+
+    opened = _open_existing(store)
+    try:
+        epoch_list = [int(e) for e in epochs.split(",")] if epochs else None
+    except ValueError:
+        _fail(f"--epochs {epochs!r} should be comma-separated integers, e.g. --epochs 1,2")
+    start = time.perf_counter()
+    try:
+        committed, skipped = run_compare(
+            opened,
+            list(experiments),
+            archs=archs.split(",") if archs else None,
+            epochs=epoch_list,
+            metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()),
+            k=k,
+        )
+    except (CompareError, StoreError) as exc:
+        _fail(str(exc))
+    console.print(
+        f"committed {committed} compare units ({skipped} already there) "
+        f"in {time.perf_counter() - start:.1f} s"
+    )
+
+
 def _print_profile(store: EmbeddingStore, experiment: str, method: str) -> None:
     """Print the per-layer scores, one block of rows per probe epoch (never averaged over)."""
     from services.report import layer_profile
@@ -528,7 +566,7 @@ def _size(n_bytes: float) -> str:
     return f"{n_bytes:.0f} B" if power == 0 else f"{n_bytes:.1f} {units[power]}"
 
 
-BENCHMARKS = ("cluster", "data", "metrics", "plan", "store")
+BENCHMARKS = ("cluster", "consistency", "data", "metrics", "plan", "store")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -35,6 +35,9 @@ LAYER_COLOURS = ("viridis", 0.85)  # colour map of layers, input to output, and 
 PANEL_COLUMNS = 3  # subplots per row of a report figure
 PANEL_SIZE = (5.5, 4.2)  # inches per subplot
 DPI = 110
+# Rows of the pipeline's cross-seed stage; `stratalens compare` rows (keys "compare/...")
+# pair other sides (archs, experiments, epochs) and are drawn by compare_matrix alone.
+SEED_PAIRS = " AND NOT unit_key LIKE 'compare/%'"
 
 
 def runs_frame(store: EmbeddingStore, experiment_id: str) -> pd.DataFrame:
@@ -97,7 +100,8 @@ def consistency_matrix(
             epoch=int(epoch),
             method=method,
             overclustering_factor=int(factor),
-        ),
+        )
+        + SEED_PAIRS,
     ).to_pandas()
     return _layer_matrix(pairs, layer_order(arch))
 
@@ -121,7 +125,7 @@ def write_report(store: EmbeddingStore, experiment_id: str, out_dir: str | Path)
         S.PAIRS,
         columns=["dataset_id", "arch", "epoch", "method", "overclustering_factor", "metric"]
         + ["layer_a", "layer_b", "value"],
-        filter=where(experiment_id=experiment_id),
+        filter=where(experiment_id=experiment_id) + SEED_PAIRS,
     ).to_pandas()
     methods = sorted(set(metrics.method) - {REPRESENTATION})
     epochs = sorted(int(e) for e in metrics.epoch.unique())
