@@ -180,8 +180,8 @@ def layer_dims(
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ModelError(
             f"arch {config.name!r} cannot run on {channels}x{height}x{width} images "
-            f"({reason}); set the dataset's options.image_size to a size it takes "
-            f"(it is built for {entry.image_size} px)"
+            f"({reason}); give it larger images (options.image_size of file datasets; "
+            f"it is built for {entry.image_size} px) or pick another arch"
         ) from None
     return {name: int(value.shape[1]) for name, value in features.items()}
 
