@@ -339,6 +339,12 @@ class ResourcesSpec(_Strict):
 
     @model_validator(mode="after")
     def _gpu(self) -> ResourcesSpec:
+        if self.trainer_gpus > 1:
+            raise ValueError(
+                f"resources.trainer_gpus = {self.trainer_gpus:g}: training one model on "
+                "several GPUs (DDP) is not implemented; use at most 1 (runs of other seeds, "
+                "archs and datasets train side by side)"
+            )
         if self.device == "cuda" and self.trainer_gpus == 0:
             raise ValueError(
                 "resources.device is 'cuda' but resources.trainer_gpus is 0, and Ray hides "

@@ -96,9 +96,11 @@ def test_byte_limit_per_sample_and_force():
         ExperimentSpec.from_dict(data)
 
 
-def test_cuda_without_a_trainer_gpu_is_refused():
+def test_cuda_without_a_trainer_gpu_and_multi_gpu_trainers_are_refused():
     with pytest.raises(SpecError, match="trainer_gpus is 0"):
         ExperimentSpec.from_dict(spec(resources={"device": "cuda"}))
+    with pytest.raises(SpecError, match="DDP.*is not implemented"):
+        ExperimentSpec.from_dict(spec(resources={"trainer_gpus": 2}))
 
 
 def test_new_training_fields_are_checked():

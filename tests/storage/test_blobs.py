@@ -1,59 +1,15 @@
-"""Checkpoint files on an object store: put, list, get, delete through the store's filesystem.
-
-The S3-compatible server is the test environment's own moto (``python -m moto.server``):
-an older ``moto_server`` found first on PATH (5.2.1 here) fails pyarrow's multipart uploads.
-"""
+"""Checkpoint files on an object store: put, list, get, delete through the store's filesystem."""
 
 import io
-import subprocess
-import sys
-import time
-import urllib.request
 
-import pytest
 import torch
 
-from storage import EmbeddingStore
 from storage.blobs import BlobStore
-from tests.storage.test_s3 import free_port
-
-pytest.importorskip("moto", reason="moto[server] (a dev extra) provides the S3 server")
+from tests.storage.test_s3 import s3_endpoint, s3_store  # noqa: F401  (fixtures)
 
 
-@pytest.fixture(scope="module")
-def s3_root():
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(endpoint, timeout=1)
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                server.kill()
-                pytest.fail("the S3 test server did not start")
-            time.sleep(0.2)
-    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/stratalens", method="PUT"))
-    options = {
-        "aws_endpoint": endpoint,
-        "allow_http": "true",
-        "aws_access_key_id": "test",
-        "aws_secret_access_key": "test",
-        "aws_region": "us-east-1",
-    }
-    yield EmbeddingStore("s3://stratalens/blobs", storage_options=options)
-    server.terminate()
-    server.wait(timeout=10)
-
-
-def test_blobs_on_s3(s3_root):
-    blobs = BlobStore(s3_root)
+def test_blobs_on_s3(s3_store):  # noqa: F811
+    blobs = BlobStore(s3_store)
     assert blobs.list("checkpoints/e") == []
     buffer = io.BytesIO()
     torch.save({"w": torch.arange(4)}, buffer)
