@@ -8,8 +8,10 @@ sequences (batch, tokens, dim) keep the CLS token (or their mean,
 
 from __future__ import annotations
 
+import operator
+
 import torch
-from torch import nn
+from torch import fx, nn
 
 POOLS = ("avg", "max")
 TOKEN_READOUTS = ("cls", "mean")
@@ -100,8 +102,9 @@ class FeatureReader:
     -----
     With ``fx`` the model is traced once (``create_feature_extractor``); the
     traced module shares the model's parameters, so it sees training updates.
-    In-place activations are switched off while it runs, so a node read
-    before an in-place ReLU keeps its own value.
+    A probed node that an in-place operation later overwrites (the input of an
+    in-place ReLU, such as a pre-activation ``layer4.1.add``) is copied first,
+    so it keeps its own value; other nodes cost nothing extra.
     """
 
     def __init__(
@@ -117,7 +120,6 @@ class FeatureReader:
         self.model, self.layers, self.taps = model, tuple(layers), taps
         self.reduce = {"pool": pool, "tokens": tokens, "nhwc": nhwc}
         self._extractor = None
-        self._inplace = [m for m in model.modules() if getattr(m, "inplace", False) is True]
         if taps == "fx":
             from torchvision.models.feature_extraction import create_feature_extractor
 
@@ -126,23 +128,59 @@ class FeatureReader:
             output = graph_nodes(model)[-1]
             nodes = {layer: layer for layer in self.layers}
             self._output = nodes.setdefault(output, LOGITS)
-            self._extractor = create_feature_extractor(model, return_nodes=nodes)
+            self._extractor = create_feature_extractor(model, return_nodes=nodes).eval()
+            _copy_overwritten_outputs(self._extractor)
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self._extractor is None:
             with LayerTaps(self.model, self.layers, **_hook_reduce(self.reduce)) as taps:
                 logits = self.model(x)
             return logits, {name: taps.outputs[name] for name in self.layers}
-        self._extractor.train(self.model.training)
-        for module in self._inplace:
-            module.inplace = False
-        try:
-            out = self._extractor(x)
-        finally:
-            for module in self._inplace:
-                module.inplace = True
+        if self.model.training:
+            raise RuntimeError("FeatureReader reads models in evaluation mode; call .eval()")
+        out = self._extractor(x)
         features = {name: reduce_output(out[name], **self.reduce) for name in self.layers}
         return out[self._output], features
+
+
+IN_PLACE_OPERATORS = (operator.iadd, operator.isub, operator.imul, operator.itruediv)
+
+
+def _overwrites_input(node: fx.Node, source: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Whether ``node`` modifies its first argument ``source`` in place."""
+    if not node.args or node.args[0] is not source:
+        return False
+    if node.op == "call_module":
+        return getattr(modules[node.target], "inplace", False) is True
+    if node.op == "call_method":
+        return node.target.endswith("_") and not node.target.startswith("__")
+    if node.op == "call_function":
+        name = getattr(node.target, "__name__", "")
+        in_place_name = name.endswith("_") and not name.startswith("__")
+        in_place_operator = node.target in IN_PLACE_OPERATORS
+        return bool(node.kwargs.get("inplace")) or in_place_name or in_place_operator
+    return False
+
+
+def _copy_overwritten_outputs(extractor: fx.GraphModule) -> None:
+    """Return a copy of each output node that a later in-place operation overwrites.
+
+    The evaluation graph (the one in use) is edited in place and recompiled.
+    """
+    graph = extractor.graph
+    modules = dict(extractor.named_modules())
+    output = next(n for n in graph.nodes if n.op == "output")
+    returned = dict(output.args[0])
+    changed = False
+    for name, node in list(returned.items()):
+        if any(_overwrites_input(user, node, modules) for user in node.users):
+            with graph.inserting_after(node):
+                copy = graph.call_method("clone", (node,))
+            returned[name] = copy
+            changed = True
+    if changed:
+        output.args = (returned,)
+        extractor.recompile()
 
 
 def _hook_reduce(reduce: dict) -> dict:
