@@ -7,21 +7,43 @@ what would be accepted, before any work starts.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal, Union
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from actors.clustering import METHODS
 from actors.datasets import DatasetConfig, HierarchicalDataset, build_dataset, list_datasets
-from actors.models import list_models
-from actors.training import LOSSES, TrainingConfig
+from actors.models import (
+    FLOAT_BYTES,
+    ModelConfig,
+    config_layers,
+    layer_dims,
+    model_entry,
+    register_arch_key,
+)
+from actors.training import LOSSES, TrainingConfig, build_model
+
+ARCH_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+ARCH_KEY_HASH_CHARS = 8
+DEFAULT_MAX_BYTES_PER_SAMPLE = 256 * 1024
 
 
 class SpecError(ValueError):
@@ -65,15 +87,39 @@ class DatasetSpec(_Strict):
 
 
 class TrainingSpec(_Strict):
-    """SGD with momentum on superclass labels, cosine schedule after a linear warm-up."""
+    """How each model is trained on superclass labels (``epochs: 0``: probe only)."""
 
-    epochs: int = Field(12, ge=1)
+    epochs: int = Field(
+        12, ge=0, description="0 trains nothing: the arch's weights (or its init) are probed"
+    )
     batch_size: int = Field(64, ge=1)
     lr: float = Field(0.1, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    nesterov: bool = Field(False, description="SGD with Nesterov momentum")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
     weight_decay: float = Field(5e-4, ge=0)
-    warmup_epochs: int = Field(1, ge=0)
-    loss: str = "softmax_ce"
+    warmup_epochs: int = Field(1, ge=0, description="linear warm-up, then a cosine decay")
+    loss: str = Field(
+        "softmax_ce",
+        description="softmax_ce | squared_error | sigmoid_ce | label_smoothing | cosine_softmax",
+    )
+    label_smoothing: float = Field(0.1, ge=0, lt=1, description="for loss label_smoothing")
+    cosine_temperature: float = Field(0.05, gt=0, description="for loss cosine_softmax")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the head's input")
+    ema_decay: float | None = Field(
+        None, gt=0, lt=1, description="keep an EMA of the weights (per step) and extract it"
+    )
+    bn_momentum: float | None = Field(
+        None, gt=0, le=1, description="BatchNorm momentum (1 - decay; the paper's 0.99 is 0.01)"
+    )
+    eval_batch_size: int = Field(512, ge=1, description="batch size of extraction passes")
+    checkpoint_every: int = Field(
+        1, ge=0, description="save a checkpoint every N epochs under the store root (0: never)"
+    )
+    keep_checkpoints: int = Field(
+        1, ge=0, description="newest checkpoints kept per run (besides the probe epochs')"
+    )
 
     @field_validator("loss")
     @classmethod
@@ -84,6 +130,96 @@ class TrainingSpec(_Strict):
 
     def config(self) -> TrainingConfig:
         return TrainingConfig(**self.model_dump())
+
+
+class ArchSpec(_Strict):
+    """A model to train or probe: a registered name and, optionally, how to start and read it."""
+
+    name: str = Field(description="a name from `stratalens models`, e.g. resnet50, vit_b_16")
+    key: str | None = Field(
+        None,
+        pattern=ARCH_KEY_PATTERN,
+        description="what it is stored under (table names, run ids); default: the name, or "
+        "name-<hash> when any other field is set",
+    )
+    weights: str | None = Field(
+        None,
+        description="local state_dict or checkpoint file the model starts from (path#entry "
+        "picks a checkpoint entry, e.g. #ema); nothing is downloaded",
+    )
+    layers: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="probed layers: node names of `stratalens layers NAME --nodes`; "
+        "default: the arch's default set",
+    )
+    pool: Literal["avg", "max"] = Field("avg", description="global pooling of conv maps")
+    tokens: Literal["cls", "mean"] = Field(
+        "cls", description="token sequences (ViT): the CLS token or the mean over tokens"
+    )
+    options: dict = Field(
+        default_factory=dict, description="builder options, e.g. ViT's num_layers, hidden_dim"
+    )
+    load_head: bool = Field(
+        True, description="false: keep the model's own head instead of the file's"
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        model_entry(value)
+        return value
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, value: str | None) -> str | None:
+        if value is not None:
+            from actors.models import read_state_dict
+
+            read_state_dict(value)  # exists and is readable (memory-mapped, cheap)
+        return value
+
+    @model_validator(mode="after")
+    def _layers(self) -> ArchSpec:
+        config_layers(self.config())
+        return self
+
+    def config(self) -> ModelConfig:
+        return ModelConfig(
+            name=self.name,
+            weights=self.weights,
+            layers=None if self.layers is None else tuple(self.layers),
+            pool=self.pool,
+            tokens=self.tokens,
+            options=dict(self.options),
+            load_head=self.load_head,
+        )
+
+    @property
+    def is_plain(self) -> bool:
+        """Only a name: stored under the name itself."""
+        return self == ArchSpec(name=self.name)
+
+    @property
+    def stored_key(self) -> str:
+        """The arch key of the store's table names and run ids."""
+        if self.key:
+            return self.key
+        if self.is_plain:
+            return self.name
+        blob = json.dumps(self.model_dump(mode="json", exclude={"key"}), sort_keys=True)
+        return f"{self.name}-{hashlib.sha1(blob.encode()).hexdigest()[:ARCH_KEY_HASH_CHARS]}"
+
+    def probe_layers(self) -> tuple[str, ...]:
+        return config_layers(self.config())
+
+
+# An archs item is a name or a mapping; the tag keeps errors to the branch the item is.
+NAME_ITEM, MAPPING_ITEM = "name-item", "mapping-item"
+ArchItem = Annotated[
+    Union[Annotated[str, Tag(NAME_ITEM)], Annotated[ArchSpec, Tag(MAPPING_ITEM)]],  # noqa: UP007
+    Discriminator(lambda v: NAME_ITEM if isinstance(v, str) else MAPPING_ITEM),
+]
 
 
 class ClusteringSpec(_Strict):
@@ -179,6 +315,12 @@ class StorageSpec(_Strict):
     embedding_dtype: Literal["float32", "float16"] = Field(
         "float32", description="float16 halves the bytes; reads return float32"
     )
+    max_bytes_per_sample: int | None = Field(
+        DEFAULT_MAX_BYTES_PER_SAMPLE,
+        ge=1,
+        description="refuse an arch whose probed layers would store more bytes per sample "
+        "(per epoch and split); null: no limit (`stratalens run --force` skips it too)",
+    )
 
 
 class ResourcesSpec(_Strict):
@@ -204,6 +346,21 @@ class ResourcesSpec(_Strict):
         "the built-in ones load in-process); default: trainer_cpus",
     )
 
+    @model_validator(mode="after")
+    def _gpu(self) -> ResourcesSpec:
+        if self.trainer_gpus > 1:
+            raise ValueError(
+                f"resources.trainer_gpus = {self.trainer_gpus:g}: training one model on "
+                "several GPUs (DDP) is not implemented; use at most 1 (runs of other seeds, "
+                "archs and datasets train side by side)"
+            )
+        if self.device == "cuda" and self.trainer_gpus == 0:
+            raise ValueError(
+                "resources.device is 'cuda' but resources.trainer_gpus is 0, and Ray hides "
+                "the GPUs from trainers that reserve none; set trainer_gpus: 1"
+            )
+        return self
+
     @property
     def workers(self) -> int:
         """DataLoader worker processes per trainer."""
@@ -219,7 +376,11 @@ class ExperimentSpec(_Strict):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="experiment id in the store"
     )
     datasets: list[DatasetSpec] = Field(min_length=1)
-    archs: list[str] = Field(min_length=1)
+    archs: list[ArchItem] = Field(
+        min_length=1,
+        description="models: a name (`stratalens models`) or a mapping {name, key, weights, "
+        "layers, pool, tokens, options, load_head}",
+    )
     seeds: list[int] = Field(min_length=1)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     probe_epochs: list[int] | None = Field(
@@ -232,10 +393,17 @@ class ExperimentSpec(_Strict):
 
     @field_validator("archs")
     @classmethod
-    def _archs(cls, value: list[str]) -> list[str]:
-        unknown = [a for a in value if a not in list_models()]
-        if unknown:
-            raise ValueError(f"unknown arch(s) {unknown}; choose from {list_models()}")
+    def _archs(cls, value: list[str | ArchSpec]) -> list[str | ArchSpec]:
+        for item in value:
+            if isinstance(item, str):
+                model_entry(item)
+        keys = [_as_arch(item).stored_key for item in value]
+        for i, key in enumerate(keys):
+            if key in keys[:i]:
+                raise ValueError(
+                    f"archs items {keys.index(key)} and {i} are both stored as {key!r}; "
+                    "remove the repeat or give each item its own key"
+                )
         return value
 
     @field_validator("seeds")
@@ -246,11 +414,11 @@ class ExperimentSpec(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _consistent(self) -> ExperimentSpec:
+    def _consistent(self, info: ValidationInfo) -> ExperimentSpec:
         epochs = self.training.epochs
-        bad = [e for e in self.epochs_to_probe if not 1 <= e <= epochs]
+        bad = [e for e in self.epochs_to_probe if not 0 <= e <= epochs]
         if bad:
-            raise ValueError(f"probe_epochs {bad} are outside 1..training.epochs={epochs}")
+            raise ValueError(f"probe_epochs {bad} are outside 0..training.epochs={epochs}")
         ids = [d.config().dataset_id for d in self.datasets]
         if len(set(ids)) != len(ids):
             raise ValueError("datasets lists the same dataset and hierarchy twice; remove one")
@@ -261,11 +429,29 @@ class ExperimentSpec(_Strict):
                     "superclass; set clustering.scope: all"
                 )
             _check_cluster_sizes(dataset, self.clustering)
+            force = bool((info.context or {}).get("force"))
+            _check_models(dataset, self.arch_specs, self.training, self.storage, force)
         return self
 
     @property
     def epochs_to_probe(self) -> list[int]:
-        return sorted(set(self.probe_epochs or [self.training.epochs]))
+        if self.probe_epochs:
+            return sorted(set(self.probe_epochs))
+        return [self.training.epochs]
+
+    @property
+    def arch_specs(self) -> list[ArchSpec]:
+        """Every item of ``archs`` as an :class:`ArchSpec` (a plain name has defaults)."""
+        return [_as_arch(item) for item in self.archs]
+
+    def arch(self, key: str) -> ArchSpec:
+        """The item stored under arch key ``key``."""
+        return next(a for a in self.arch_specs if a.stored_key == key)
+
+    def register_arch_keys(self) -> None:
+        """Let ``actors.models.probe_layers(key)`` answer for every item's arch key."""
+        for arch in self.arch_specs:
+            register_arch_key(arch.stored_key, arch.probe_layers())
 
     @property
     def experiment_id(self) -> str:
@@ -275,7 +461,7 @@ class ExperimentSpec(_Strict):
         return json.dumps(self.model_dump(mode="json"), sort_keys=True)
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> ExperimentSpec:
+    def from_yaml(cls, path: str | Path, *, force: bool = False) -> ExperimentSpec:
         path = Path(path)
         if not path.is_file():
             raise SpecError(f"spec file {str(path)!r} does not exist; pass the path of a YAML spec")
@@ -283,16 +469,19 @@ class ExperimentSpec(_Strict):
             data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:
             raise SpecError(f"{path} is not valid YAML ({exc}); fix the syntax") from exc
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(data, source=str(path), force=force)
 
     @classmethod
-    def from_dict(cls, data: object, *, source: str = "spec") -> ExperimentSpec:
+    def from_dict(
+        cls, data: object, *, source: str = "spec", force: bool = False
+    ) -> ExperimentSpec:
+        """Validate ``data``; ``force`` skips ``storage.max_bytes_per_sample``."""
         if not isinstance(data, dict):
             raise SpecError(
                 f"{source} should be a YAML mapping of fields, got {type(data).__name__}"
             )
         try:
-            return cls.model_validate(data)
+            return cls.model_validate(data, context={"force": force})
         except ValidationError as exc:
             raise SpecError(f"{source}: {_describe(exc)}") from None
 
@@ -301,7 +490,11 @@ def _describe(exc: ValidationError) -> str:
     """One line per problem: ``field.path: message``."""
     parts = []
     for error in exc.errors():
-        where = ".".join(str(p) for p in error["loc"])
+        where = ".".join(
+            str(p)
+            for p in error["loc"]
+            if p not in (NAME_ITEM, MAPPING_ITEM) and not str(p).startswith("function-")
+        )
         message = error["msg"].removeprefix("Value error, ")
         parts.append(f"{where}: {message}" if where else message)
     return "; ".join(parts)
@@ -362,3 +555,47 @@ def _check_cluster_sizes(dataset: DatasetSpec, clustering: ClusteringSpec) -> No
                 f"{n_samples} {split} samples of {label} in {dataset.name}/"
                 f"{dataset.hierarchy}; lower overclustering_factors"
             )
+
+
+def _as_arch(item: str | ArchSpec) -> ArchSpec:
+    return ArchSpec(name=item) if isinstance(item, str) else item
+
+
+def _check_models(
+    dataset: DatasetSpec,
+    archs: list[ArchSpec],
+    training: TrainingSpec,
+    storage: StorageSpec,
+    force: bool,
+) -> None:
+    """Each arch runs on the dataset's images, its weights fit, its layers fit the byte limit.
+
+    Models are built on the meta device: nothing is allocated or computed.
+    """
+    data = load_dataset(dataset)
+    shape = data.input_shape()
+    n_classes = data.hierarchy.n_superclasses
+    for arch in archs:
+        config = arch.config()
+        dims = layer_dims(config, shape, n_classes)
+        build_model(config, training.config(), shape=shape, num_classes=n_classes, device="meta")
+        stored = sum(dims.values()) * FLOAT_BYTES[storage.embedding_dtype]
+        limit = storage.max_bytes_per_sample
+        if limit is not None and stored > limit and not force:
+            raise ValueError(
+                f"arch {arch.stored_key!r} would store {stored:,} bytes per sample "
+                f"({len(dims)} layers of {dataset.name}/{dataset.hierarchy} images "
+                f"{shape[1]}x{shape[2]}), over storage.max_bytes_per_sample = {limit:,}; "
+                "probe fewer layers, raise the limit, or pass --force"
+            )
+
+
+def register_stored_archs(spec_json: str) -> None:
+    """Register the arch keys of a stored spec (its ``experiments`` row) for layer lookups.
+
+    Items are rebuilt without validation: a weights file need not exist any more.
+    """
+    for item in json.loads(spec_json).get("archs", []):
+        if isinstance(item, dict):
+            arch = ArchSpec.model_construct(**item)
+            register_arch_key(arch.stored_key, arch.probe_layers())
