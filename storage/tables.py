@@ -16,6 +16,8 @@ os.environ.setdefault("LANCE_LOG", "error")
 import lance  # noqa: E402
 import pyarrow.fs as pafs  # noqa: E402
 
+from storage import schema as S  # noqa: E402
+
 
 class StoreError(ValueError):
     """Bad input to the store; the store is left unchanged."""
@@ -69,6 +71,26 @@ class StoreTables:
                 tables.append(info.path[len(base) + 1 : -len("/_versions")])
         return sorted(tables)
 
+    def layer_names(self, experiment_id: str) -> dict[str, list[str]]:
+        """{arch: [layer, ...]} of the embeddings tables of one experiment, sorted.
+
+        Lists two folder levels under ``embeddings/<experiment_id>`` only, so it stays
+        quick however many data files the store holds.
+        """
+        fs, base = self._filesystem()
+        found: dict[str, list[str]] = {}
+        for arch in _folders(fs, f"{base}/{S.EMBEDDINGS_PREFIX}/{experiment_id}"):
+            layers = [
+                layer
+                for layer in _folders(fs, arch.path)
+                if self._has_table_files(
+                    f"{S.EMBEDDINGS_PREFIX}/{experiment_id}/{arch.base_name}/{layer.base_name}"
+                )
+            ]
+            if layers:
+                found[arch.base_name] = sorted(layer.base_name for layer in layers)
+        return dict(sorted(found.items()))
+
     def check_reachable(self) -> None:
         """Raise one clear StoreError when an object-store root's bucket cannot be reached."""
         if not self.is_object_store:
@@ -100,6 +122,12 @@ class StoreTables:
     def _has_table_files(self, table: str) -> bool:
         fs, base = self._filesystem()
         return fs.get_file_info(f"{base}/{table}/_versions").type == pafs.FileType.Directory
+
+
+def _folders(fs: pafs.FileSystem, path: str) -> list[pafs.FileInfo]:
+    """The folders directly under ``path`` (none if it does not exist)."""
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=False, allow_not_found=True))
+    return [info for info in infos if info.type == pafs.FileType.Directory]
 
 
 def _s3_options(options: dict[str, str]) -> dict[str, str]:
