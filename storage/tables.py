@@ -9,14 +9,10 @@ from __future__ import annotations
 
 import os
 
-# Workers append fragments to tables the committer may not have created yet, which
-# Lance reports with a warning per write; keep its log to errors unless asked.
-os.environ.setdefault("LANCE_LOG", "error")
+import lance
+import pyarrow.fs as pafs
 
-import lance  # noqa: E402
-import pyarrow.fs as pafs  # noqa: E402
-
-from storage import schema as S  # noqa: E402
+from storage import schema as S
 
 
 class StoreError(ValueError):
