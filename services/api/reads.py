@@ -90,7 +90,7 @@ def get_embeddings(
         str | None,
         Query(
             pattern=SAMPLE_INDEX_PATTERN,
-            max_length=MAX_SAMPLE_INDICES * 19,
+            max_length=MAX_SAMPLE_INDICES * 20,
             description=f"one or more comma-separated indices (at most {MAX_SAMPLE_INDICES})",
         ),
     ] = None,

@@ -19,8 +19,9 @@ JSON_MAX_CLUSTERING_ROWS = 100  # each row holds a whole clustering's labels
 # Request bodies (neighbour queries, tags) larger than this are refused with 413: a
 # 4,096-dimensional query vector spelt in JSON takes about 100 KiB.
 MAX_BODY_BYTES = 1 << 20
-# sample_index values one query may list (the query string stays under 100 KiB).
-MAX_SAMPLE_INDICES = 10_000
+# sample_index values one query may list: 1,000 six-digit indices make an 8 KiB query
+# string (commas percent-encoded), within what HTTP servers and clients accept (h11: 16 KiB).
+MAX_SAMPLE_INDICES = 1_000
 # Rendered dashboard pages kept, keyed by experiment and the versions of the tables drawn.
 DASHBOARD_CACHE_ENTRIES = 8
 
