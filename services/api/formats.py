@@ -59,7 +59,7 @@ def npy_response(stream: RowStream, filename: str) -> StreamingResponse:
         yield header.getvalue()
         for batch in stream.batches:
             vectors = batch.column(S.EMBEDDING).flatten().to_numpy(zero_copy_only=False)
-            yield memoryview(vectors.astype(dtype, copy=False))
+            yield memoryview(vectors.astype(dtype, copy=False)).cast("B")  # len() in bytes
 
     return _streaming(chunks(), NPY, stream.rows, f"{filename}.npy")
 
