@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.api.deps import ERRORS
 from services.api.settings import MAX_BODY_BYTES, ServiceSettings
 from storage import EmbeddingStore, StoreError
 from storage.queries import NotFoundError, experiment_names
@@ -48,8 +49,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.store = EmbeddingStore(settings.store, storage_options=settings.storage_options)
-    app.include_router(reads.router, prefix=f"/{API_VERSION}")
-    app.include_router(writes.router, prefix=f"/{API_VERSION}")
+    app.include_router(reads.router, prefix=f"/{API_VERSION}", responses=ERRORS)
+    app.include_router(writes.router, prefix=f"/{API_VERSION}", responses=ERRORS)
     app.include_router(dashboard.router)
     app.add_api_route("/healthz", healthz, methods=["GET"], tags=["health"])
     app.add_api_route("/readyz", readyz, methods=["GET"], tags=["health"])
@@ -150,6 +151,8 @@ def _http_error(request: Request, exc: Exception) -> JSONResponse:
     detail = exc.detail
     if exc.status_code == 404 and detail == "Not Found":
         detail = f"no endpoint at {request.url.path}; see /docs for the API"
+    elif exc.status_code == 400 and "parsing the body" in str(detail):
+        detail = "the request body is not valid JSON in UTF-8; send a JSON object as /docs shows"
     elif exc.status_code == 405:
         detail = f"{request.method} is not allowed on {request.url.path}; see /docs"
     return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
@@ -160,6 +163,15 @@ def _invalid(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
     first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    if first.get("type") == "json_invalid":
+        reason = (first.get("ctx") or {}).get("error", "it does not parse")
+        return JSONResponse(
+            {
+                "detail": f"the request body is not valid JSON ({reason}); send a JSON object "
+                "as /docs shows"
+            },
+            status_code=422,
+        )
     where = [str(part) for part in first.get("loc", ())]
     place = {"query": "query parameter", "path": "path parameter", "body": "body field"}
     if where and where[0] in place:
@@ -169,11 +181,10 @@ def _invalid(request: Request, exc: Exception) -> JSONResponse:
     got = first.get("input")
     shown = "" if got is None or isinstance(got, dict | list) else f", got {str(got)[:80]!r}"
     message = str(first.get("msg", "is invalid")).rstrip(".")
+    if message[1:2].islower():  # "Field required" -> "field required", but keep "JSON"
+        message = message[0].lower() + message[1:]
     more = f" ({len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
     return JSONResponse(
-        {
-            "detail": f"{kind} {name!r}: {message[0].lower()}{message[1:]}{shown}{more}; "
-            "see /docs for the accepted values"
-        },
+        {"detail": f"{kind} {name!r}: {message}{shown}{more}; see /docs for the accepted values"},
         status_code=422,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Path, Query, Request
+from pydantic import BaseModel
 
 from storage import EmbeddingStore
 
@@ -29,4 +30,23 @@ Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="skip this many m
 Name = Annotated[
     str, Path(max_length=MAX_NAME_LENGTH, description="experiment name (see /v1/experiments)")
 ]
-NOT_FOUND = {404: {"description": "a name the store does not hold; the detail lists those it does"}}
+
+
+class Problem(BaseModel):
+    """Every error answer: one sentence naming the bad value and the fix."""
+
+    detail: str
+
+
+NOT_FOUND = {
+    404: {
+        "model": Problem,
+        "description": "a name the store does not hold; the detail lists those it does",
+    }
+}
+# Declared for every endpoint (FastAPI would otherwise document its list-shaped 422).
+ERRORS = {
+    400: {"model": Problem, "description": "the body is not JSON"},
+    413: {"model": Problem, "description": "the body, or a JSON answer, is too large"},
+    422: {"model": Problem, "description": "a malformed or inconsistent request"},
+}

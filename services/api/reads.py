@@ -46,7 +46,6 @@ STREAM_MEDIA = {
     formats.NPY: {"schema": {"type": "string", "format": "binary"}},
     formats.CSV: {"schema": {"type": "string"}},
 }
-TOO_LARGE = {413: {"description": "more rows than a JSON answer holds; ask for Arrow or page"}}
 
 
 @router.get("/experiments", tags=["catalog"])
@@ -73,7 +72,7 @@ def list_layers(store: StoreDep, name: Name) -> Response:
 @router.get(
     "/experiments/{name}/embeddings",
     tags=["rows"],
-    responses={200: {"content": STREAM_MEDIA}, **NOT_FOUND, **TOO_LARGE},
+    responses={200: {"content": STREAM_MEDIA}, **NOT_FOUND},
 )
 def get_embeddings(
     store: StoreDep,
@@ -124,7 +123,7 @@ def get_embeddings(
 @router.get(
     "/experiments/{name}/metrics",
     tags=["rows"],
-    responses={200: {"content": STREAM_MEDIA}, **NOT_FOUND, **TOO_LARGE},
+    responses={200: {"content": STREAM_MEDIA}, **NOT_FOUND},
 )
 def get_metrics(
     store: StoreDep,
@@ -169,7 +168,7 @@ def get_metrics(
 @router.get(
     "/experiments/{name}/pairs",
     tags=["rows"],
-    responses={200: {"content": STREAM_MEDIA}, **NOT_FOUND, **TOO_LARGE},
+    responses={200: {"content": STREAM_MEDIA}, **NOT_FOUND},
 )
 def get_pairs(
     store: StoreDep,
@@ -224,7 +223,7 @@ def get_pairs(
 @router.get(
     "/experiments/{name}/clusterings",
     tags=["rows"],
-    responses={200: {"content": STREAM_MEDIA}, **NOT_FOUND, **TOO_LARGE},
+    responses={200: {"content": STREAM_MEDIA}, **NOT_FOUND},
 )
 def get_clusterings(
     store: StoreDep,
@@ -287,7 +286,7 @@ router.add_api_route(
     neighbors_route,
     methods=["POST"],
     tags=["neighbors"],
-    responses={**NOT_FOUND, 413: {"description": "the request body is too large"}},
+    responses=NOT_FOUND,
 )
 
 

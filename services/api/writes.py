@@ -14,7 +14,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.api import formats
-from services.api.deps import NOT_FOUND, Name, StoreDep
+from services.api.deps import NOT_FOUND, Name, Problem, StoreDep
 from storage import queries as Q
 
 MAX_KEEP_VERSIONS = 1_000
@@ -45,8 +45,8 @@ def require_token(
 
 
 AUTH = {
-    401: {"description": "no or a wrong bearer token"},
-    403: {"description": "writes are off (no STRATALENS_TOKEN)"},
+    401: {"model": Problem, "description": "no or a wrong bearer token"},
+    403: {"model": Problem, "description": "writes are off (no STRATALENS_TOKEN)"},
 }
 router = APIRouter(dependencies=[Depends(require_token)], tags=["writes"], responses=AUTH)
 
