@@ -19,8 +19,10 @@ from storage.filters import where
 from storage.reads import StoreReads
 from storage.tables import StoreError
 
-# Bytes of rows per streamed batch of a query (embeddings, metrics, pairs, clusterings).
-QUERY_BATCH_BYTES = 4 << 20
+# Bytes of rows per streamed batch of a query (embeddings, metrics, pairs, clusterings):
+# a 50,000 x 512 layer streamed over loopback HTTP in 43-81 ms with 0.5-2 MiB batches,
+# 84-180 ms with 4 MiB and 220-290 ms with 64 MiB (uvicorn copies each chunk it frames).
+QUERY_BATCH_BYTES = 1 << 20
 # Estimated bytes of the key columns of one row, added to its vector when sizing batches.
 KEY_COLUMN_BYTES = 64
 # Columns an embeddings query answers with by default: the keys and the vector.
@@ -55,10 +57,11 @@ class LayerInfo:
 
 @dataclass(frozen=True)
 class RowStream:
-    """Rows of one query: their schema, how many will come, and the batches."""
+    """Rows of one query: their schema, how many will come (None: not counted), and the
+    batches."""
 
     schema: pa.Schema
-    rows: int
+    rows: int | None
     batches: Iterator[pa.RecordBatch]
 
 
@@ -146,18 +149,20 @@ def layer_rows(
     columns: list[str] | None = None,
     limit: int | None = None,
     offset: int = 0,
+    count: bool = True,
     **conditions: Any,
 ) -> RowStream:
     """Matching rows of one checked layer, key columns and embedding by default.
 
     Streams ``QUERY_BATCH_BYTES`` at a time; ``limit`` and ``offset`` count matching
-    rows in table order (that of :meth:`EmbeddingStore.embeddings`).
+    rows in table order (that of :meth:`EmbeddingStore.embeddings`). Without ``count``
+    the rows are not counted first (one index lookup less); ``rows`` is then None.
     """
     check_layer(store, experiment_id, arch, layer)
     ds = store.layer_dataset(experiment_id, arch, layer)
     columns = columns or EMBEDDING_COLUMNS
     row_bytes = ds.schema.field(S.EMBEDDING).type.list_size * 4 + KEY_COLUMN_BYTES
-    return _stream(store, ds, columns, where(**conditions), row_bytes, limit, offset)
+    return _stream(store, ds, columns, where(**conditions), row_bytes, limit, offset, count)
 
 
 def table_rows(
@@ -233,23 +238,26 @@ def _stream(
     row_bytes: int,
     limit: int | None,
     offset: int,
+    count: bool = True,
 ) -> RowStream:
     """The rows of one dataset version that match, ``limit`` after ``offset``."""
     missing = [c for c in columns if c not in ds.schema.names]
     if missing:
         raise StoreError(f"columns {missing} are not in the table; it has {ds.schema.names}")
-    total = ds.count_rows(filter=filter)
-    rows = max(0, total - offset)
-    rows = rows if limit is None else min(rows, limit)
     schema = pa.schema([ds.schema.field(name) for name in columns])
-    if rows == 0:
-        return RowStream(schema, 0, iter(()))
+    rows = None
+    if count:
+        rows = max(0, ds.count_rows(filter=filter) - offset)
+        rows = rows if limit is None else min(rows, limit)
+        if rows == 0:
+            return RowStream(schema, 0, iter(()))
+        limit = rows
     batches = store.scan(
         ds,
         columns,
         filter,
         max(1, QUERY_BATCH_BYTES // row_bytes),
-        limit=rows,
+        limit=limit,
         offset=offset or None,
     )
     return RowStream(schema, rows, batches)

@@ -115,6 +115,10 @@ class EmbeddingStore(StoreReads, StoreVersions):
         Passed to Lance for object stores (endpoint, region, credentials).
     commit_retry : CommitRetryPolicy, optional
         How commits that lose a race with another writer are retried.
+    session : lance.Session, optional
+        Shared by every dataset the store opens, so that opened vector indices and
+        file metadata stay cached from one read to the next (a long-lived reader such
+        as the query service passes one). Not sent along when the store is pickled.
     """
 
     def __init__(
@@ -123,13 +127,18 @@ class EmbeddingStore(StoreReads, StoreVersions):
         *,
         storage_options: dict[str, str] | None = None,
         commit_retry: CommitRetryPolicy = CommitRetryPolicy(),
+        session: lance.Session | None = None,
     ):
         self.root = str(root).rstrip("/")
         self.storage_options = storage_options or None
         self.commit_retry = commit_retry
+        self.session = session
 
     def __repr__(self) -> str:
         return f"EmbeddingStore({self.root!r})"
+
+    def __getstate__(self) -> dict:
+        return self.__dict__ | {"session": None}  # a Lance session does not pickle
 
     # -- writes ---------------------------------------------------------------
     def write_fragments(

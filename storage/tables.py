@@ -23,11 +23,13 @@ class StoreTables:
     """Table access shared by every part of :class:`storage.EmbeddingStore`.
 
     Subclasses set ``root`` (a local path or an object-store URI, no trailing
-    slash) and ``storage_options`` (Lance's options for object stores, or None).
+    slash), ``storage_options`` (Lance's options for object stores, or None) and
+    ``session`` (a ``lance.Session`` every dataset is opened with, or None).
     """
 
     root: str
     storage_options: dict[str, str] | None
+    session: lance.Session | None = None
 
     @property
     def is_object_store(self) -> bool:
@@ -43,7 +45,10 @@ class StoreTables:
             return None
         try:
             return lance.dataset(
-                self.uri(table), version=version, storage_options=self.storage_options
+                self.uri(table),
+                version=version,
+                storage_options=self.storage_options,
+                session=self.session,
             )
         except ValueError as exc:
             # Being created by another writer: the folder is there, no version yet.

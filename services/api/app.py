@@ -34,6 +34,8 @@ log = logging.getLogger("stratalens.serve")
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     """The query service over ``settings.store`` (default: settings from the environment)."""
+    import lance  # after storage, which sets Lance's log level
+
     from services import dashboard
     from services.api import reads, writes
 
@@ -48,7 +50,10 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         ),
     )
     app.state.settings = settings
-    app.state.store = EmbeddingStore(settings.store, storage_options=settings.storage_options)
+    # One Lance session for every read: vector indices and file metadata stay cached.
+    app.state.store = EmbeddingStore(
+        settings.store, storage_options=settings.storage_options, session=lance.Session()
+    )
     app.include_router(reads.router, prefix=f"/{API_VERSION}", responses=ERRORS)
     app.include_router(writes.router, prefix=f"/{API_VERSION}", responses=ERRORS)
     app.include_router(dashboard.router)

@@ -42,26 +42,32 @@ def arrow_response(stream: RowStream, filename: str) -> StreamingResponse:
 
 
 def npy_response(stream: RowStream, filename: str) -> StreamingResponse:
-    """The ``embedding`` column as one (rows, d) float32 ``.npy`` array."""
+    """The ``embedding`` column as one (rows, d) float32 ``.npy`` array.
+
+    Its length is known up front, so it is sent with a Content-Length (no chunk framing).
+    """
     dim = stream.schema.field(S.EMBEDDING).type.list_size
     dtype = np.dtype(np.float32)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header,
+        {
+            "descr": np.lib.format.dtype_to_descr(dtype),
+            "fortran_order": False,
+            "shape": (stream.rows, dim),
+        },
+    )
 
     def chunks() -> Iterator[bytes | memoryview]:
-        header = io.BytesIO()
-        np.lib.format.write_array_header_1_0(
-            header,
-            {
-                "descr": np.lib.format.dtype_to_descr(dtype),
-                "fortran_order": False,
-                "shape": (stream.rows, dim),
-            },
-        )
         yield header.getvalue()
         for batch in stream.batches:
             vectors = batch.column(S.EMBEDDING).flatten().to_numpy(zero_copy_only=False)
             yield memoryview(vectors.astype(dtype, copy=False)).cast("B")  # len() in bytes
 
-    return _streaming(chunks(), NPY, stream.rows, f"{filename}.npy")
+    length = len(header.getvalue()) + stream.rows * dim * dtype.itemsize
+    response = _streaming(chunks(), NPY, stream.rows, f"{filename}.npy")
+    response.headers["Content-Length"] = str(length)
+    return response
 
 
 def csv_response(stream: RowStream, filename: str) -> StreamingResponse:
@@ -113,12 +119,11 @@ def jsonable(value: Any) -> Any:
 
 
 def _streaming(
-    chunks: Iterable[bytes | memoryview], media_type: str, rows: int, filename: str
+    chunks: Iterable[bytes | memoryview], media_type: str, rows: int | None, filename: str
 ) -> StreamingResponse:
-    headers = {
-        ROW_COUNT_HEADER: str(rows),
-        "Content-Disposition": f'attachment; filename="{filename}"',
-    }
+    headers = {"Content-Disposition": f'attachment; filename="{filename}"'}
+    if rows is not None:
+        headers[ROW_COUNT_HEADER] = str(rows)
     return StreamingResponse(chunks, media_type=media_type, headers=headers)
 
 

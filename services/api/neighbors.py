@@ -100,14 +100,16 @@ def neighbors_route(name: Name, query: NeighborQuery, store: StoreDep) -> Respon
 
 def _run(store: EmbeddingStore, name: str, query: NeighborQuery) -> str:
     """The one run the query names (by id, or by seed and dataset)."""
+    if query.run is not None:  # one indexed count in the layer itself
+        ds = store.layer_dataset(name, query.arch, query.layer)
+        if ds.count_rows(filter=where(run_id=query.run)) > 0:
+            return query.run
     runs = Q.distinct(store, S.RUNS, "run_id", experiment_id=name, arch=query.arch)
     if query.run is not None:
-        if query.run not in runs:
-            raise Q.NotFoundError(
-                f"run {query.run!r} has no {query.arch!r} layers in experiment {name!r}; "
-                f"its runs are {runs}"
-            )
-        return query.run
+        raise Q.NotFoundError(
+            f"run {query.run!r} has no rows in layer {query.layer!r} of experiment {name!r}; "
+            f"its runs are {runs}"
+        )
     matching = Q.distinct(
         store,
         S.RUNS,
@@ -136,6 +138,10 @@ def _one(
 ) -> int | str:
     """The asked value of ``column`` if the run stored it; else the last (epoch) or the
     only one (split) stored."""
+    if asked is not None:  # one indexed count, no column read
+        ds = store.layer_dataset(name, query.arch, query.layer)
+        if ds.count_rows(filter=where(**scope, **{column: asked})) > 0:
+            return asked
     stored = sorted(
         store.embeddings(name, query.arch, query.layer, columns=[column], **scope)
         .column(0)
@@ -143,12 +149,10 @@ def _one(
         .to_pylist()
     )
     if asked is not None:
-        if asked not in stored:
-            raise Q.NotFoundError(
-                f"{column} {asked!r} is not stored for run {scope['run_id']!r} in layer "
-                f"{query.layer!r}; stored: {stored}"
-            )
-        return asked
+        raise Q.NotFoundError(
+            f"{column} {asked!r} is not stored for run {scope['run_id']!r} in layer "
+            f"{query.layer!r}; stored: {stored}"
+        )
     if column == "epoch" and stored:
         return stored[-1]
     if len(stored) != 1:

@@ -116,6 +116,7 @@ def get_embeddings(
         superclass=superclass,
         dataset_id=dataset,
         sample_index=_indices(sample_index),
+        count=format != "arrow",  # an Arrow stream needs no count up front
     )
     return _answer(stream, format, f"{name}-{arch}-{layer}", JSON_MAX_EMBEDDING_ROWS)
 
