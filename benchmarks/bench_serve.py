@@ -198,17 +198,18 @@ def bench_take(url: str, n: int, rng: np.random.Generator, layer_s: float) -> di
     }
 
 
-async def _load(url: str, clients: int, seconds: float) -> tuple[list[float], int, int]:
-    """``clients`` tasks sending metrics queries for ``seconds``; latencies, errors, rows."""
+async def _load(url: str, clients: int, seconds: float) -> tuple[list[float], list[str], int]:
+    """``clients`` tasks sending metrics queries for ``seconds``; latencies, errors (what
+    went wrong, one line each), rows."""
     latencies: list[float] = []
-    errors = 0
+    errors: list[str] = []
     rows = 0
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
         stop = time.perf_counter() + seconds
 
         async def one_client(i: int) -> None:
-            nonlocal errors, rows
+            nonlocal rows
             rng = np.random.default_rng(i)
             while time.perf_counter() < stop:
                 params = {
@@ -221,12 +222,13 @@ async def _load(url: str, clients: int, seconds: float) -> tuple[list[float], in
                     answer = await client.get(
                         f"/v1/experiments/{EXPERIMENT}/metrics", params=params
                     )
-                    ok = answer.status_code == 200
-                    rows += len(answer.json()) if ok else 0
-                except httpx.HTTPError:
-                    ok = False
+                    if answer.status_code == 200:
+                        rows += len(answer.json())
+                    else:
+                        errors.append(f"{answer.status_code} {answer.text[:200]}")
+                except httpx.HTTPError as exc:
+                    errors.append(f"{type(exc).__name__}: {exc}")
                 latencies.append(time.perf_counter() - start)
-                errors += not ok
 
         await asyncio.gather(*(one_client(i) for i in range(clients)))
     return latencies, errors, rows
@@ -244,8 +246,9 @@ def bench_metrics(url: str, clients: int, seconds: float) -> dict:
         "metrics_rps": len(latencies) / elapsed,
         "metrics_p50_ms": p50 * 1e3,
         "metrics_p99_ms": p99 * 1e3,
-        "metrics_rows_per_answer": rows / max(1, len(latencies) - errors),
-        "metrics_errors": errors,
+        "metrics_rows_per_answer": rows / max(1, len(latencies) - len(errors)),
+        "metrics_errors": len(errors),
+        "metrics_error_kinds": sorted(set(errors))[:5],
     }
 
 

@@ -11,6 +11,8 @@ before the search, so the k rows all match them.
 from __future__ import annotations
 
 import os
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +51,9 @@ SEARCH_NPROBES = 2
 SEARCH_EF = 40
 SEARCH_REFINE_FACTOR = 2
 MAX_K = 1_000
+INDEX_INFO_ENTRIES = 256  # (table, version) pairs whose vector index is remembered
+_INDEX_INFO: OrderedDict[tuple[str, int], VectorIndex | None] = OrderedDict()
+_INDEX_INFO_LOCK = threading.Lock()
 NEIGHBOR_COLUMNS = ["run_id", "dataset_id", "seed", "epoch", "split", "sample_index"] + [
     "subclass",
     "superclass",
@@ -129,6 +134,21 @@ def vector_index(
 
 
 def _vector_index(ds: lance.LanceDataset) -> VectorIndex | None:
+    """``vector_index`` of an opened dataset, remembered per (table, version): a version's
+    indices never change, and reading their statistics took a tenth of a search."""
+    key = (ds.uri, ds.version)
+    with _INDEX_INFO_LOCK:
+        if key in _INDEX_INFO:
+            return _INDEX_INFO[key]
+    found = _read_vector_index(ds)
+    with _INDEX_INFO_LOCK:
+        _INDEX_INFO[key] = found
+        while len(_INDEX_INFO) > INDEX_INFO_ENTRIES:
+            _INDEX_INFO.popitem(last=False)
+    return found
+
+
+def _read_vector_index(ds: lance.LanceDataset) -> VectorIndex | None:
     for index in ds.list_indices():
         if index["fields"] == [S.EMBEDDING]:
             stats = ds.stats.index_stats(index["name"])
