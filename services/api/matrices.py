@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pyarrow as pa
+
 from services.plots import layer_matrix, layer_order
 from storage import StoreError
 from storage import queries as Q
 from storage import schema as S
+from storage.reads import StoreReads
 
 # Columns that must take one value for the matrices to be one figure's worth.
 MATRIX_KEYS = ("dataset_id", "arch", "epoch", "method", "overclustering_factor", "metric")
@@ -15,7 +18,7 @@ MATRIX_KEYS = ("dataset_id", "arch", "epoch", "method", "overclustering_factor",
 PARAMETER = {"dataset_id": "dataset", "overclustering_factor": "factor"}
 
 
-def pair_matrices(store, experiment_id: str, **conditions: Any) -> dict[str, Any]:
+def pair_matrices(store: StoreReads, experiment_id: str, **conditions: Any) -> dict[str, Any]:
     """One layer x layer matrix per (seed_a, seed_b): the mean over scopes of ``value``.
 
     The rows matching ``conditions`` must share one value of each ``MATRIX_KEYS``
@@ -28,7 +31,7 @@ def pair_matrices(store, experiment_id: str, **conditions: Any) -> dict[str, Any
         columns=[*MATRIX_KEYS, "seed_a", "seed_b", "layer_a", "layer_b", "value"],
         **conditions,
     )
-    rows = pa_table(stream).to_pandas()
+    rows = pa.Table.from_batches(list(stream.batches), schema=stream.schema).to_pandas()
     if rows.empty:
         raise Q.NotFoundError(
             f"no pairs of experiment {experiment_id!r} match these filters; loosen them"
@@ -47,13 +50,6 @@ def pair_matrices(store, experiment_id: str, **conditions: Any) -> dict[str, Any
         _, matrix = layer_matrix(part, layers)
         matrices.append({"seed_a": int(seed_a), "seed_b": int(seed_b), "values": matrix})
     return {**keys, "layers": layers, "matrices": matrices}
-
-
-def pa_table(stream: Q.RowStream):
-    """All batches of a stream as one Arrow table."""
-    import pyarrow as pa
-
-    return pa.Table.from_batches(list(stream.batches), schema=stream.schema)
 
 
 def _layers(arch: str, stored: set[str]) -> list[str]:

@@ -25,6 +25,7 @@ from services.api.deps import (
     Offset,
     StoreDep,
 )
+from services.api.matrices import pair_matrices
 from services.api.neighbors import neighbors_route
 from services.api.settings import (
     JSON_MAX_CLUSTERING_ROWS,
@@ -214,8 +215,6 @@ def get_pairs(
         run_b=run_b,
     )
     if shape == "matrix":
-        from services.api.matrices import pair_matrices
-
         return formats.json_response(pair_matrices(store, name, **conditions))
     stream = Q.table_rows(store, S.PAIRS, name, limit=limit, offset=offset, **conditions)
     return _answer(stream, format, f"{name}-pairs", JSON_MAX_TABLE_ROWS)
