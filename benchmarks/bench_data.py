@@ -7,7 +7,8 @@ On a generated JPEG tree (``write_image_tree``; 64 px images, 8 classes):
   ``torchvision.datasets.ImageFolder`` (PIL decoding) + ``DataLoader``, with the
   same worker processes, batch size and transforms after decoding, for the
   training and the evaluation transforms; best of ``REPEATS`` passes each,
-  alternating; images/s per worker core are printed too;
+  the two loaders taking turns so that load on the machine hits both alike;
+  images/s per worker core are printed too;
 - ``peak_rss_ratio``: peak RSS (VmHWM) of one process that trains one epoch and
   extracts every probed layer of both splits of ``--large`` images into Lance
   fragments (``TrainerWorker.extract``, loading in-process), over the same with
@@ -39,7 +40,7 @@ CLASSES = [f"class{i}" for i in range(8)]
 IMAGE_SIZE = 64  # generated and transformed size
 WORKERS = 2  # the machine's cores
 BATCH = 64
-REPEATS = 3
+REPEATS = 5
 HELDOUT_FRACTION = 0.2
 
 EXTRACT_SCRIPT = """
@@ -81,14 +82,16 @@ def make_tree(root: Path, n_images: int) -> tuple[Path, Path]:
     return root, hierarchy
 
 
-def images_per_second(loader) -> float:
-    """Best of ``REPEATS`` full passes."""
-    best = float("inf")
+def images_per_second(loaders: dict) -> dict[str, float]:
+    """Best of ``REPEATS`` full passes of each loader, taking turns pass by pass."""
+    best = dict.fromkeys(loaders, float("inf"))
+    counts = {}
     for _ in range(REPEATS):
-        start = time.perf_counter()
-        n = sum(len(images) for images, _ in loader)
-        best = min(best, time.perf_counter() - start)
-    return n / best
+        for name, loader in loaders.items():
+            start = time.perf_counter()
+            counts[name] = sum(len(images) for images, _ in loader)
+            best[name] = min(best[name], time.perf_counter() - start)
+    return {name: counts[name] / best[name] for name in loaders}
 
 
 def bench_throughput(root: Path, hierarchy: Path) -> dict:
@@ -108,7 +111,8 @@ def bench_throughput(root: Path, hierarchy: Path) -> dict:
             num_workers=WORKERS,
             prefetch_factor=2,
         )
-        ours_rate, reference_rate = images_per_second(ours), images_per_second(reference)
+        rates = images_per_second({"ours": ours, "reference": reference})
+        ours_rate, reference_rate = rates["ours"], rates["reference"]
         results[f"{name}_images_per_s"] = ours_rate
         results[f"{name}_images_per_s_per_core"] = ours_rate / WORKERS
         results[f"{name}_imagefolder_images_per_s"] = reference_rate

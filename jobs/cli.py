@@ -57,6 +57,7 @@ def run(
     """Train, extract, cluster and score everything the spec asks for (resumable)."""
     from actors.datasets import DatasetError
     from jobs.pipeline import run_experiment
+    from jobs.plan import PlanError
     from jobs.spec import ExperimentSpec, SpecError
 
     try:
@@ -66,7 +67,7 @@ def run(
         counts = run_experiment(
             spec, EmbeddingStore(store), address=address, fresh=fresh, console=err_console
         )
-    except (SpecError, StoreError, DatasetError) as exc:
+    except (SpecError, StoreError, DatasetError, PlanError) as exc:
         # raised in a Ray worker, it arrives wrapped; its cause holds the one sentence
         _fail(str(getattr(exc, "cause", None) or exc))
     elapsed = time.perf_counter() - start
@@ -79,6 +80,169 @@ def run(
     console.print(
         f"next: stratalens report {spec.experiment_id} --store {store} --out stratalens-report"
     )
+
+
+@app.command()
+def plan(
+    spec_path: Path = typer.Argument(..., help="experiment spec (YAML)"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of tables"),
+    worker_memory_gb: float = typer.Option(
+        None,
+        "--worker-memory-gb",
+        help="memory of one clustering worker; default: the spec's "
+        "resources.worker_memory_gb, else what this machine has available",
+    ),
+    assume_counts: str = typer.Option(
+        None,
+        "--assume-counts",
+        help="samples per split for datasets whose images are elsewhere, training split "
+        "first, e.g. train=88400,val=3400 (spread evenly over the hierarchy's subclasses)",
+    ),
+) -> None:
+    """What SPEC will run, store and need, without running anything (exit 2 if it cannot fit)."""
+    import json
+
+    from actors.datasets import DatasetError
+    from jobs.plan import PlanError, assumed_counts, parse_counts, plan_experiment
+    from jobs.spec import ExperimentSpec, SpecError
+
+    if worker_memory_gb is not None and worker_memory_gb <= 0:
+        _fail(f"--worker-memory-gb {worker_memory_gb} should be > 0; pass the GiB of one worker")
+    try:
+        counts = parse_counts(assume_counts) if assume_counts else None
+        with assumed_counts(counts):
+            spec = ExperimentSpec.from_yaml(spec_path)
+            capacity = plan_experiment(
+                spec, worker_memory_gb=worker_memory_gb, assume_counts=counts
+            )
+    except (SpecError, PlanError, DatasetError) as exc:
+        _fail(str(exc))
+    if as_json:
+        print(json.dumps(capacity.to_json(), indent=2))
+    else:
+        _print_plan(capacity)
+    try:
+        capacity.check_memory()
+    except PlanError as exc:
+        _fail(str(exc))
+
+
+def _print_plan(capacity) -> None:
+    """The plan as three tables: units per stage, table growth, clustering peaks."""
+    if capacity.assumed:
+        console.print(f"assumed samples per split (images not read): {capacity.assumed}")
+    units = Table("stage", "units", title=f"{capacity.experiment_id}: units of work")
+    for stage, n in capacity.units.items():
+        units.add_row(stage, f"{n:,}")
+    console.print(units)
+    tables = Table("table", "rows", "bytes", title="what the store gains (compacted data files)")
+    for t in capacity.tables:
+        tables.add_row(t.table, f"{t.rows:,}", _size(t.bytes))
+    tables.add_row("total", "", _size(capacity.total_bytes), end_section=True)
+    console.print(tables)
+    peaks = Table(
+        "method",
+        "backend (auto)",
+        "algorithm",
+        "largest fit",
+        "dim",
+        "peak memory",
+        "fits",
+        title=f"largest clustering task per method; worker budget "
+        f"{_size(capacity.worker_memory_bytes)} ({capacity.memory_source})",
+    )
+    for p in capacity.clustering:
+        peaks.add_row(
+            p.method,
+            p.backend,
+            p.algorithm,
+            f"{p.n_samples:,} of {p.split_samples:,}",
+            str(p.dim),
+            _size(p.peak_bytes),
+            "yes" if p.fits else "[bold red]no[/]",
+        )
+    console.print(peaks)
+
+
+ADDRESS_OPTION = typer.Option(
+    ..., "--address", help="Ray job server (dashboard) address, e.g. http://HEAD:8265"
+)
+JOB_POLL_SECONDS = 2.0
+
+
+@app.command()
+def submit(
+    spec_path: Path = typer.Argument(..., help="experiment spec (YAML)"),
+    address: str = ADDRESS_OPTION,
+    store: str = typer.Option(None, "--store", help="store root the job writes (s3://...)"),
+    wait: bool = typer.Option(False, "--wait", help="wait, print the logs, exit with the outcome"),
+    runtime_env: Path = typer.Option(None, "--runtime-env", help="extra Ray runtime env (YAML)"),
+) -> None:
+    """Submit `stratalens run SPEC` to a Ray cluster as a job (the spec travels with it)."""
+    import yaml
+
+    from jobs.spec import ExperimentSpec, SpecError
+    from jobs.submit import SubmitError
+    from jobs.submit import submit as submit_job
+
+    try:
+        ExperimentSpec.from_yaml(spec_path)
+        env = yaml.safe_load(runtime_env.read_text()) if runtime_env else None
+        job_id = submit_job(spec_path, address, store=store, runtime_env=env)
+    except (SpecError, SubmitError) as exc:
+        _fail(str(exc))
+    console.print(job_id)
+    if wait:
+        _follow(address, job_id)
+
+
+def _follow(address: str, job_id: str) -> None:
+    """Wait for ``job_id`` to end, print its logs, exit non-zero unless it succeeded."""
+    from ray.job_submission import JobStatus
+
+    from jobs.submit import client
+
+    jobs = client(address)
+    while jobs.get_job_status(job_id) not in {
+        JobStatus.SUCCEEDED,
+        JobStatus.FAILED,
+        JobStatus.STOPPED,
+    }:
+        time.sleep(JOB_POLL_SECONDS)
+    print(jobs.get_job_logs(job_id), end="")
+    status = jobs.get_job_status(job_id)
+    if status != JobStatus.SUCCEEDED:
+        _fail(f"job {job_id} ended {status.value}; read its logs: stratalens jobs logs {job_id}")
+
+
+@app.command()
+def jobs(
+    action: str = typer.Argument(..., help="ls | status | logs | stop"),
+    job_id: str = typer.Argument(None, help="job id (status, logs, stop)"),
+    address: str = ADDRESS_OPTION,
+) -> None:
+    """List, inspect, read or stop the Ray jobs of a cluster."""
+    from jobs.submit import SubmitError, client
+
+    if action not in ("ls", "status", "logs", "stop"):
+        _fail(f"unknown jobs action {action!r}; choose one of ls, status, logs, stop")
+    if action != "ls" and not job_id:
+        _fail(f"`stratalens jobs {action}` needs a JOB_ID; list them with `stratalens jobs ls`")
+    try:
+        jobs_client = client(address)
+    except SubmitError as exc:
+        _fail(str(exc))
+    if action == "ls":
+        table = Table("job", "status", "entrypoint")
+        for job in jobs_client.list_jobs():
+            table.add_row(job.submission_id or job.job_id or "", job.status.value, job.entrypoint)
+        console.print(table)
+    elif action == "status":
+        console.print(jobs_client.get_job_status(job_id).value)
+    elif action == "logs":
+        print(jobs_client.get_job_logs(job_id), end="")
+    else:
+        console.print("stopped" if jobs_client.stop_job(job_id) else "already finished")
 
 
 @app.command()
@@ -194,6 +358,44 @@ def show(
         )
     console.print(table)
     _print_profile(opened, experiment, method)
+
+
+@app.command()
+def compare(
+    experiments: list[str] = typer.Argument(..., help="experiment ids (one or more)"),
+    archs: str = typer.Option(None, "--archs", help="comma-separated archs; default all"),
+    epochs: str = typer.Option(None, "--epochs", help="comma-separated probe epochs; default all"),
+    metrics: str = typer.Option(
+        "ari,cka", "--metrics", help="comma-separated: ari, ami, nmi, cka, cka_debiased, mknn"
+    ),
+    k: int = typer.Option(10, "--k", min=1, help="neighbours for mknn"),
+    store: str = STORE_OPTION,
+) -> None:
+    """Layer x layer scores between every pair of runs (seeds, archs, experiments, probe
+    epochs) over the same dataset and split, into the pairs table (resumable)."""
+    from jobs.compare import CompareError, run_compare
+
+    opened = _open_existing(store)
+    try:
+        epoch_list = [int(e) for e in epochs.split(",")] if epochs else None
+    except ValueError:
+        _fail(f"--epochs {epochs!r} should be comma-separated integers, e.g. --epochs 1,2")
+    start = time.perf_counter()
+    try:
+        committed, skipped = run_compare(
+            opened,
+            list(experiments),
+            archs=archs.split(",") if archs else None,
+            epochs=epoch_list,
+            metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()),
+            k=k,
+        )
+    except (CompareError, StoreError) as exc:
+        _fail(str(exc))
+    console.print(
+        f"committed {committed} compare units ({skipped} already there) "
+        f"in {time.perf_counter() - start:.1f} s"
+    )
 
 
 def _print_profile(store: EmbeddingStore, experiment: str, method: str) -> None:
@@ -447,7 +649,7 @@ def _size(n_bytes: float) -> str:
     return f"{n_bytes:.0f} B" if power == 0 else f"{n_bytes:.1f} {units[power]}"
 
 
-BENCHMARKS = ("cluster", "data", "metrics", "serve", "store")
+BENCHMARKS = ("cluster", "consistency", "data", "metrics", "plan", "serve", "store")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -31,6 +31,7 @@ from actors.workers import (
     samples_task,
     samples_unit_key,
 )
+from jobs.plan import check_capacity
 from jobs.spec import DatasetSpec, ExperimentSpec, SpecError, load_dataset
 from services.scoring import (
     ConsistencyUnit,
@@ -87,6 +88,7 @@ def run_experiment(
 ) -> StageCounts:
     """Run (or resume) every stage of ``spec`` against ``store``."""
     console = console or Console(stderr=True)
+    check_capacity(spec)  # refuses a spec whose largest fit cannot fit a worker, before any work
     counts = StageCounts()
     created = register_experiment(spec, store, fresh=fresh)
     init_ray(address)

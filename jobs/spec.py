@@ -6,7 +6,10 @@ what would be accepted, before any work starts.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -187,6 +190,12 @@ class ResourcesSpec(_Strict):
     worker_gpus: float = Field(
         0, ge=0, description="GPUs per clustering/scoring task (cuML, torch Ward)"
     )
+    worker_memory_gb: float | None = Field(
+        None,
+        gt=0,
+        description="memory of one clustering worker (GiB); `stratalens plan` and `run` refuse "
+        "a spec whose largest fit needs more; default: what the machine has available",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     loader_workers: int | None = Field(
         None,
@@ -304,8 +313,30 @@ def _cached_dataset(config_json: str) -> HierarchicalDataset:
     return build_dataset(DatasetConfig(**data))
 
 
+_DATASET_LOADER: ContextVar[Callable[[DatasetSpec], HierarchicalDataset] | None] = ContextVar(
+    "dataset_loader", default=None
+)
+
+
+@contextlib.contextmanager
+def datasets_loaded_by(loader: Callable[[DatasetSpec], HierarchicalDataset]) -> Iterator[None]:
+    """Within the block, :func:`load_dataset` (spec validation included) calls ``loader``.
+
+    ``stratalens plan --assume-counts`` uses it to validate and plan a spec whose
+    images live elsewhere (a cluster's volume).
+    """
+    token = _DATASET_LOADER.set(loader)
+    try:
+        yield
+    finally:
+        _DATASET_LOADER.reset(token)
+
+
 def load_dataset(spec: DatasetSpec) -> HierarchicalDataset:
     """Build (once per process) the dataset a spec names: its index and labels, no images."""
+    loader = _DATASET_LOADER.get()
+    if loader is not None:
+        return loader(spec)
     return _cached_dataset(json.dumps(spec.model_dump(mode="json"), sort_keys=True))
 
 

@@ -39,6 +39,9 @@ CLUSTER_METRICS = ("ami", "purity")  # drawn against layer and epoch for every m
 REPRESENTATION_METRICS = ("ncc_subclass", "ncc_superclass")  # drawn once, method-independent
 REPRESENTATION = "representation"  # the ``method`` of per-layer (not per-clustering) rows
 PROFILE_KEYS = ["dataset_id", "arch", "epoch", "layer"]
+# Rows of the pipeline's cross-seed stage; `stratalens compare` rows (keys "compare/...")
+# pair other sides (archs, experiments, epochs) and are drawn by compare_matrix alone.
+SEED_PAIRS = " AND NOT unit_key LIKE 'compare/%'"
 
 
 def runs_frame(store: EmbeddingStore, experiment_id: str) -> pd.DataFrame:
@@ -96,7 +99,8 @@ def consistency_matrix(
             epoch=int(epoch),
             method=method,
             overclustering_factor=int(factor),
-        ),
+        )
+        + SEED_PAIRS,
     ).to_pandas()
     return layer_matrix(pairs, layer_order(arch))
 
@@ -132,7 +136,7 @@ def report_sections(store: EmbeddingStore, experiment_id: str, render: Render) -
         S.PAIRS,
         columns=["dataset_id", "arch", "epoch", "method", "overclustering_factor", "metric"]
         + ["layer_a", "layer_b", "value"],
-        filter=where(experiment_id=experiment_id),
+        filter=where(experiment_id=experiment_id) + SEED_PAIRS,
     ).to_pandas()
     methods = sorted(set(metrics.method) - {REPRESENTATION})
     epochs = sorted(int(e) for e in metrics.epoch.unique())

@@ -248,6 +248,9 @@ def score_consistency(store: EmbeddingStore, unit: ConsistencyUnit) -> list[Pend
                             "layer_b": b["layer"],
                             "metric": metric,
                             "value": float(scores[metric][i, j]),
+                            "experiment_b": unit.experiment_id,
+                            "arch_b": unit.arch,
+                            "epoch_b": unit.epoch,
                         }
                     )
     table = pa.Table.from_pylist(records, schema=S.PAIRS_SCHEMA.remove(0))

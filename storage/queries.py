@@ -174,11 +174,13 @@ def table_rows(
     limit: int | None = None,
     offset: int = 0,
     row_bytes: int = KEY_COLUMN_BYTES * 4,
+    sql: str | None = None,
     **conditions: Any,
 ) -> RowStream:
     """Matching rows of one fixed table (metrics, pairs, clusterings) of a checked experiment.
 
-    Every column but ``unit_key`` unless ``columns`` says otherwise.
+    Every column but ``unit_key`` unless ``columns`` says otherwise. ``sql`` is one more
+    condition, written by the caller (never taken from a request).
     """
     if table not in S.FIXED_SCHEMAS:
         raise StoreError(f"table {table!r} is not one of {sorted(S.FIXED_SCHEMAS)}")
@@ -186,6 +188,8 @@ def table_rows(
     schema = S.FIXED_SCHEMAS[table]
     columns = columns or [name for name in schema.names if name != S.UNIT_KEY]
     filter = where(experiment_id=experiment_id, **conditions)
+    if sql:
+        filter = f"{filter} AND ({sql})"
     ds = store.dataset(table)
     if ds is None:
         empty = pa.schema([schema.field(name) for name in columns])

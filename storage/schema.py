@@ -181,7 +181,14 @@ PAIRS_SCHEMA = _schema(
     ("layer_b", pa.string()),
     ("metric", pa.string()),
     ("value", pa.float64()),
+    # Side B's own keys (`stratalens compare` pairs runs across experiments, archs and
+    # epochs); experiment_id, arch and epoch above are side A's. Appended last so
+    # readers of the older columns keep working.
+    ("experiment_b", pa.string()),
+    ("arch_b", pa.string()),
+    ("epoch_b", pa.int32()),
 )
+PAIRS_SIDE_B = {"experiment_b": "experiment_id", "arch_b": "arch", "epoch_b": "epoch"}
 
 FIXED_SCHEMAS: dict[str, pa.Schema] = {
     EXPERIMENTS: EXPERIMENTS_SCHEMA,

@@ -7,6 +7,7 @@ from typing import Any
 import pyarrow as pa
 
 from services.plots import layer_matrix, layer_order
+from services.report import SEED_PAIRS
 from storage import StoreError
 from storage import queries as Q
 from storage import schema as S
@@ -29,6 +30,7 @@ def pair_matrices(store: StoreReads, experiment_id: str, **conditions: Any) -> d
         S.PAIRS,
         experiment_id,
         columns=[*MATRIX_KEYS, "seed_a", "seed_b", "layer_a", "layer_b", "value"],
+        sql=SEED_PAIRS.removeprefix(" AND "),  # the cross-seed rows, as the report draws
         **conditions,
     )
     rows = pa.Table.from_batches(list(stream.batches), schema=stream.schema).to_pandas()

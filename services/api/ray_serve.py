@@ -1,18 +1,16 @@
 """The query service as a Ray Serve deployment: the same FastAPI app, N replicas.
 
 ``stratalens serve --ray --replicas N`` runs it on a local Ray (or ``--address``);
-a RayService manifest runs the same application from its import path::
+the RayService manifest (k8s/rayservice.query.yaml) runs the same application from
+the import path ``services.server:app``, which reads ``STRATALENS_STORE`` (and
+``STRATALENS_CORS_ORIGINS``) from the environment; ``serve run
+services.api.ray_serve:build_app store=s3://bucket/prefix replicas=2`` takes them as
+arguments.
 
-    serveConfigV2: |
-      applications:
-        - name: stratalens
-          route_prefix: /
-          import_path: services.api.ray_serve:build_app
-          args: {store: "s3://bucket/prefix", replicas: 2}
-
-Each replica builds the app itself (``serve.ingress`` late-bound), so nothing but
-the settings travels to it; the write token comes from the replica's own
-``STRATALENS_TOKEN`` when ``args`` leave it out.
+Each replica builds the app itself (``serve.ingress`` late-bound), so only the store
+and the CORS origins travel to it; the write token is read from the replica's own
+``STRATALENS_TOKEN`` (a local Ray started by ``stratalens serve --ray`` inherits it),
+so it never enters Serve's configuration.
 """
 
 from __future__ import annotations
@@ -22,7 +20,7 @@ from typing import Any
 from services.api.settings import ServiceSettings
 
 APP_NAME = "stratalens"
-DEPLOYMENT_NAME = "StratalensQueryService"
+DEPLOYMENT_NAME = "QueryService"  # k8s/rayservice.query.yaml overrides its replicas by name
 # CPUs Ray reserves per replica: the app's handlers run in threads and Lance scans
 # use their own thread pool, so a replica uses about one core under load.
 REPLICA_CPUS = 1.0
@@ -31,7 +29,8 @@ MAX_ONGOING_REQUESTS = 64
 
 
 def deployment(settings: ServiceSettings, *, replicas: int = 1, replica_cpus: float = REPLICA_CPUS):
-    """The bound Serve application of the query service over ``settings.store``."""
+    """The bound Serve application of the query service over ``settings.store`` (and its
+    CORS origins; the token comes from each replica's environment)."""
     from ray import serve
 
     from services.api.app import create_app
@@ -44,15 +43,15 @@ def deployment(settings: ServiceSettings, *, replicas: int = 1, replica_cpus: fl
     )
     @serve.ingress()
     class QueryService:
-        def __init__(self, settings: ServiceSettings):
-            self.settings = settings
+        def __init__(self, store: str, cors_origins: tuple[str, ...]):
+            self.settings = ServiceSettings.from_env(store=store, cors_origins=cors_origins or None)
 
         def __serve_build_asgi_app__(self):
             app = create_app(self.settings)
             app.add_middleware(BytesBodies)
             return app
 
-    return QueryService.bind(settings)
+    return QueryService.bind(settings.store, settings.cors_origins)
 
 
 class BytesBodies:

@@ -1,5 +1,7 @@
 """Metrics: plain functions on label arrays and embeddings (NumPy in, floats out).
 
+Representation similarity (linear CKA, mutual k-NN) lives in ``similarity``.
+
 Clustering-vs-labels scores carry their ``sklearn.metrics`` names and behaviour;
 representation measures follow the papers in ``RESEARCH.md``.
 """
@@ -45,9 +47,17 @@ from services.metrics.representation import (
     nearest_class_mean,
     silhouette_score,
 )
+from services.metrics.similarity import (
+    CKAAccumulator,
+    knn_overlap,
+    linear_cka,
+    mutual_knn_alignment,
+    nearest_neighbours,
+)
 
 __all__ = [
     "SCORES_FROM_CONTINGENCY",
+    "CKAAccumulator",
     "ClassStatistics",
     "adjusted_mutual_info_score",
     "adjusted_rand_score",
@@ -69,14 +79,18 @@ __all__ = [
     "intraclass_c2",
     "intraclass_c3",
     "intraclass_c4",
+    "knn_overlap",
+    "linear_cka",
     "linear_probe_accuracy",
     "mutual_info_score",
+    "mutual_knn_alignment",
     "nc1",
     "nc1_from_statistics",
     "nc2",
     "nc2_from_means",
     "ncc_accuracy",
     "nearest_class_mean",
+    "nearest_neighbours",
     "normalized_mutual_info_score",
     "pairwise_scores",
     "purity_score",

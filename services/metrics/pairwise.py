@@ -1,8 +1,9 @@
 """All pairs of clusterings at once: ARI / AMI / ... matrices.
 
-Labelings are coded once; for each row clustering, the contingency tables with a
-block of other clusterings come from a single ``bincount`` over the block
-(on the GPU with torch when ``device`` names one), and entropies are shared.
+Labelings are coded once; each pair's contingency table is counted from the
+codes (on the GPU with torch when ``device`` names one), and the expected mutual
+information of every pair comes from one table over the label sizes that
+occur in any labeling, so each pair of sizes is summed once for all pairs.
 """
 
 from __future__ import annotations
@@ -13,11 +14,8 @@ from services.metrics.clustering import (
     SCORES_FROM_CONTINGENCY,
     Contingency,
     _ami,
-    emi_size_table,
     encode,
 )
-
-PAIR_BLOCK_CELLS = 1 << 23  # cells of the contingency tables counted in one bincount
 
 
 def pairwise_scores(
@@ -52,33 +50,23 @@ def pairwise_scores(
     m = len(coded)
     out = {metric: np.eye(m) for metric in metrics}
     emi = _all_pairs_emi(coded) if "ami" in metrics else None
-    counter = _TorchCounter(device) if device else None
+    count = _table_counter(coded, device)
     for i in range(m):
-        codes_i, n_i = coded[i]
-        js = list(range(i + 1, m))
-        while js:
-            n_max = max(coded[j][1] for j in js)
-            block = js[: max(1, PAIR_BLOCK_CELLS // max(1, n_i * n_max))]
-            js = js[len(block) :]
-            stacked = np.stack([coded[j][0] for j in block])
-            flat = (np.arange(len(block))[:, None] * n_i + codes_i[None, :]) * n_max + stacked
-            size = len(block) * n_i * n_max
-            counts = counter(flat, size) if counter else np.bincount(flat.ravel(), minlength=size)
-            counts = counts.reshape(len(block), n_i, n_max)
-            for b, j in enumerate(block):
-                rows, cols = np.nonzero(counts[b])
-                table = Contingency.from_cells(rows, cols, counts[b][rows, cols], n_i, coded[j][1])
-                for metric in metrics:
-                    if metric == "ami":  # symmetric, with the EMI computed for all pairs at once
-                        out[metric][i, j] = out[metric][j, i] = _ami(table, emi=emi[i, j])
-                        continue
-                    out[metric][i, j] = SCORES_FROM_CONTINGENCY[metric](table)
-                    out[metric][j, i] = SCORES_FROM_CONTINGENCY[metric](_transpose(table))
+        for j in range(i + 1, m):
+            table = count(i, j)
+            for metric in metrics:
+                if metric == "ami":  # symmetric, with the EMI computed for all pairs at once
+                    out[metric][i, j] = out[metric][j, i] = _ami(table, emi=emi[i, j])
+                    continue
+                out[metric][i, j] = SCORES_FROM_CONTINGENCY[metric](table)
+                out[metric][j, i] = SCORES_FROM_CONTINGENCY[metric](_transpose(table))
     return out
 
 
 def _all_pairs_emi(coded) -> np.ndarray:
     """EMI of every pair: multiplicities of each label size, through one shared size table."""
+    from services.metrics._emi import emi_size_table  # numba, ~0.3 s to import: only for AMI
+
     sizes = [np.bincount(codes, minlength=n_labels) for codes, n_labels in coded]
     all_sizes = np.unique(np.concatenate(sizes))
     all_sizes = all_sizes[all_sizes > 0]
@@ -87,19 +75,33 @@ def _all_pairs_emi(coded) -> np.ndarray:
         values, counts = np.unique(s[s > 0], return_counts=True)
         multiplicity[k, np.searchsorted(all_sizes, values)] = counts
     n = int(sizes[0].sum())
-    return multiplicity @ emi_size_table(all_sizes, all_sizes, n) @ multiplicity.T
+    table = emi_size_table(all_sizes, all_sizes, n)
+    # einsum's own loops, not BLAS: on a busy machine a threaded gemm can wait ms for its threads
+    by_size = np.einsum("ia,ab->ib", multiplicity, table)
+    return np.einsum("ib,jb->ij", by_size, multiplicity)
 
 
 def _transpose(table: Contingency) -> Contingency:
     return Contingency(table.cols, table.rows, table.counts, table.col_sums, table.row_sums)
 
 
-class _TorchCounter:
-    def __init__(self, device: str):
-        import torch
+def _table_counter(coded, device: str | None):
+    """A function ``(i, j) -> Contingency`` of coded labelings i and j, counted on ``device``."""
+    if device is None:
 
-        self.torch, self.device = torch, torch.device(device)
+        def count(i: int, j: int) -> Contingency:
+            (a, n_a), (b, n_b) = coded[i], coded[j]
+            return Contingency.from_codes(a, b, n_a, n_b)
 
-    def __call__(self, flat: np.ndarray, size: int) -> np.ndarray:
-        t = self.torch.from_numpy(np.ascontiguousarray(flat.ravel())).to(self.device)
-        return self.torch.bincount(t, minlength=size).cpu().numpy()
+        return count
+    import torch
+
+    on_device = [torch.from_numpy(codes.astype(np.int64)).to(device) for codes, _ in coded]
+
+    def count_on_device(i: int, j: int) -> Contingency:
+        n_j = coded[j][1]
+        cells, counts = torch.unique(on_device[i] * n_j + on_device[j], return_counts=True)
+        cells, counts = cells.cpu().numpy(), counts.cpu().numpy()
+        return Contingency.from_cells(cells // n_j, cells % n_j, counts, coded[i][1], n_j)
+
+    return count_on_device

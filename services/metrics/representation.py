@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from services.metrics._validation import as_numpy, check_embeddings
+from services.metrics._validation import check_embeddings
 
 
 class ClassStatistics:
@@ -26,7 +26,6 @@ class ClassStatistics:
 
     def __init__(self, *, track_scatter: bool = False):
         self.track_scatter = track_scatter
-        self.bytes_read = 0
         self._index: dict = {}  # class id -> row of the arrays below
         self._count = np.zeros(0, dtype=np.int64)
         self._sum: np.ndarray | None = None
@@ -35,7 +34,6 @@ class ClassStatistics:
 
     def update(self, X, y) -> ClassStatistics:
         """Add one batch: X (n, d) any float dtype, y (n,) class ids."""
-        self.bytes_read += as_numpy(X).nbytes
         X, y = check_embeddings(X, y)
         classes, inverse = np.unique(y, return_inverse=True)
         order = np.argsort(inverse, kind="stable")

@@ -4,12 +4,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from sklearn import metrics as skm
 from typer.testing import CliRunner
 
-from actors.models import probe_layers
+from actors.models import LayerTaps, probe_layers
 from jobs.cli import app
-from jobs.pipeline import run_experiment
+from jobs.pipeline import run_experiment, run_plans
 from jobs.spec import ExperimentSpec, SpecError
 from services.report import layer_profile, write_report
 from storage import EmbeddingStore, embedding_matrix, embeddings_table
@@ -19,11 +20,13 @@ from tests.integration.conftest import small_spec
 
 pytestmark = pytest.mark.integration
 LAYERS = probe_layers("small_cnn")
+EPOCHS = 4
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory, local_ray):
-    spec = ExperimentSpec.from_dict(small_spec())
+    # four epochs: enough for the heads to catch up with the features (see the NCC test)
+    spec = ExperimentSpec.from_dict(small_spec(epochs=EPOCHS))
     store = EmbeddingStore(str(tmp_path_factory.mktemp("study") / "store"))
     counts = run_experiment(spec, store)
     return spec, store, counts
@@ -179,7 +182,7 @@ def test_rerun_does_nothing_and_changes_no_table(study):
 def test_changed_spec_is_refused_and_store_unchanged(study):
     spec, store, _ = study
     versions = {t: store.version(t) for t in store.list_tables()}
-    changed = ExperimentSpec.from_dict(small_spec(epochs=3))
+    changed = ExperimentSpec.from_dict(small_spec(epochs=EPOCHS + 1))
     with pytest.raises(SpecError, match="different spec; pass --fresh"):
         run_experiment(changed, store)
     assert {t: store.version(t) for t in store.list_tables()} == versions
@@ -189,7 +192,7 @@ def test_report_and_profile(study, tmp_path):
     _, store, _ = study
     profile = layer_profile(store, "it")
     assert list(profile[profile.dataset == "digits"].layer) == list(LAYERS)
-    assert set(profile.epoch) == {2} and set(profile.n_seeds) == {2}
+    assert set(profile.epoch) == {EPOCHS} and set(profile.n_seeds) == {2}
     # the same means from the metrics table: over superclasses, then over seeds
     metrics = store.read(S.METRICS, filter=where(method="ward", overclustering_factor=1))
     per_seed = metrics.to_pandas().groupby(["dataset_id", "layer", "metric", "seed"]).value.mean()
@@ -267,7 +270,7 @@ def test_cli_show_and_export(study, tmp_path):
     assert set(shown) == set(profile.index)
     for key, cells in shown.items():
         row = profile.loc[key]
-        assert cells[2] == "2"  # the probe epoch
+        assert cells[2] == str(EPOCHS)  # the probe epoch
         assert cells[4:] == [
             f"{row.ami_mean:.3f} ± {row.ami_std:.3f}",
             f"{row.purity_mean:.3f}",
@@ -303,3 +306,69 @@ def test_external_readers_open_the_tables(study):
     _, store, _ = study
     runs = lance.dataset(f"{store.root}/runs").to_table()  # noqa: F841  (read by DuckDB below)
     assert duckdb.sql("SELECT count(*) FROM runs").fetchall()[0][0] == 4
+
+
+@pytest.fixture(scope="module")
+def retrained(study):
+    """The model of each digits run, trained again in this process (training is
+    deterministic for a seed on CPU with one thread, as in the trainer actor)."""
+    from actors.training import Trainer
+
+    spec, _, _ = study
+    threads = torch.get_num_threads()
+    models = {}
+    for plan in run_plans(spec):
+        if plan.dataset.name == "digits":
+            trainer = Trainer(plan.arch, plan.dataset, plan.training, plan.seed, threads=1)
+            trainer.train_to(spec.training.epochs)
+            models[plan.run_id] = trainer
+    torch.set_num_threads(threads)
+    return models
+
+
+def test_stored_rows_are_the_activations_of_the_samples_they_are_filed_under(study, retrained):
+    _, store, _ = study
+    rng = np.random.RandomState(0)
+    for run_id, trainer in retrained.items():
+        for layer in LAYERS:
+            for split in ("train", "test"):
+                rows = store.embeddings(
+                    "it", "small_cnn", layer, run_id=run_id, split=split, epoch=EPOCHS
+                )
+                picked = rng.choice(rows.num_rows, 5, replace=False)
+                index = rows.column("sample_index").to_numpy()[picked]
+                stored = embedding_matrix(rows.take(picked))
+                images = torch.from_numpy(trainer.data.images[split][index])
+                trainer.model.eval()
+                with torch.no_grad(), LayerTaps(trainer.model, [layer]) as taps:
+                    trainer.model(images)
+                    expected = taps.outputs[layer].numpy()
+                np.testing.assert_allclose(stored, expected, rtol=1e-4, atol=1e-5)
+                # a row filed one sample off would be far outside that tolerance
+                with torch.no_grad(), LayerTaps(trainer.model, [layer]) as taps:
+                    n = trainer.data.num_samples(split)
+                    trainer.model(torch.from_numpy(trainer.data.images[split][(index + 1) % n]))
+                    shifted = taps.outputs[layer].numpy()
+                assert np.abs(shifted - stored).max() > 1e-2
+                np.testing.assert_array_equal(
+                    rows.column("subclass").to_numpy()[picked], trainer.data.subclass(split)[index]
+                )
+
+
+def test_penultimate_ncc_tracks_the_superclass_accuracy_and_conv2_clusters_digits(study):
+    _, store, _ = study
+    runs = store.read(S.RUNS).to_pandas().set_index("run_id")
+    ncc = store.read(
+        S.METRICS, filter=where(metric="ncc_superclass", layer="fc2", split="test")
+    ).to_pandas()
+    digits = ncc[ncc.dataset_id.str.startswith("digits")]
+    assert len(digits) == 2
+    for row in digits.itertuples():
+        accuracy = runs.loc[row.run_id, "test_accuracy"]
+        assert abs(row.value - accuracy) <= 0.05, (row.run_id, row.value, accuracy)
+    ami = store.read(
+        S.METRICS, filter=where(metric="ami", method="ward", layer="conv2", overclustering_factor=1)
+    ).to_pandas()
+    per_seed = ami[ami.dataset_id.str.startswith("digits")].groupby("seed").value.mean()
+    # two digits per superclass: chance AMI is ~0; the quickstart measures ~0.78
+    assert len(per_seed) == 2 and (per_seed > 0.4).all(), per_seed

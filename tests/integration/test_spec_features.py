@@ -67,7 +67,7 @@ def digits_test_subclass():
     from actors.datasets import build_dataset
 
     data = build_dataset(DIGITS)
-    return data.subclass["test"]
+    return data.subclass("test")
 
 
 def test_every_unit_of_every_probe_epoch_committed(study):

@@ -26,7 +26,7 @@ def test_defaults_and_json_schema():
     assert spec.clustering.methods == ["ward", "kmeans"]
     schema = ExperimentSpec.model_json_schema()
     assert {"datasets", "archs", "seeds"} <= set(schema["required"])
-    json.loads(spec.canonical_json())
+    assert ExperimentSpec.from_dict(json.loads(spec.canonical_json())) == spec
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,13 @@
 """The same app as a Ray Serve deployment (two replicas on a local Ray bound to 127.0.0.1)
 answers the same requests with the same bytes as uvicorn."""
 
+import importlib
+
 import httpx
 import pytest
+import yaml
 
-from tests.services.conftest import EXPERIMENT, free_port, wait_until_up
+from tests.services.conftest import EXPERIMENT, REPO, free_port, wait_until_up
 
 pytestmark = pytest.mark.integration
 
@@ -95,3 +98,20 @@ def test_ray_serve_answers_as_uvicorn_does(live_server, ray_serve):
             assert got.content == expected.content, where
         statuses = [uvicorn.request(m, p, **o).status_code for m, p, o in requests(uvicorn)]
         assert statuses.count(200) == 13 and sorted(statuses[-3:]) == [403, 404, 422]
+
+
+def test_the_rayservice_manifest_names_this_application(monkeypatch):
+    """k8s/rayservice.query.yaml imports services.server:app and sizes QueryService."""
+    from services.api.ray_serve import DEPLOYMENT_NAME
+
+    manifest = yaml.safe_load((REPO / "k8s" / "rayservice.query.yaml").read_text())
+    (application,) = yaml.safe_load(manifest["spec"]["serveConfigV2"])["applications"]
+    module, _, attribute = application["import_path"].partition(":")
+    assert [d["name"] for d in application["deployments"]] == [DEPLOYMENT_NAME]
+    store = application["runtime_env"]["env_vars"]["STRATALENS_STORE"]
+    monkeypatch.setenv("STRATALENS_STORE", store)
+    monkeypatch.setenv("STRATALENS_TOKEN", "never-in-the-config")
+    app = getattr(importlib.reload(importlib.import_module(module)), attribute)
+    bound = app._bound_deployment  # Ray keeps the deployment of an Application here
+    assert bound.name == DEPLOYMENT_NAME
+    assert bound.init_args == (store, ())  # the token stays in each replica's environment

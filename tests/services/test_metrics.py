@@ -1,3 +1,5 @@
+from math import comb, log
+
 import numpy as np
 import pytest
 from sklearn import metrics as skm
@@ -31,6 +33,8 @@ from services.metrics import (
     silhouette_score,
     v_measure_score,
 )
+from services.metrics._emi import emi_size_table
+from services.metrics.clustering import encode
 
 PAIRS = [
     (adjusted_rand_score, skm.adjusted_rand_score),
@@ -148,6 +152,106 @@ def test_expected_mutual_information_by_enumeration():
     assert expected_mutual_information([2, 2], [2, 2]) == pytest.approx(np.log(2) / 3)
 
 
+def lognormal_labels(rng, n: int, k: int, sigma: float = 1.5) -> np.ndarray:
+    """Labels whose cluster sizes are skewed like clusterings of real embeddings."""
+    weights = rng.lognormal(0, sigma, k)
+    return rng.choice(k, size=n, p=weights / weights.sum())
+
+
+def emi_by_definition(sizes_a, sizes_b, n: int) -> float:
+    """EMI summed over every cell and every count of its support, with exact binomials."""
+    total = 0.0
+    for a in sizes_a:
+        for b in sizes_b:
+            for k in range(max(1, a + b - n), min(a, b) + 1):
+                pmf = comb(a, k) * comb(n - a, b - k) / comb(n, b)
+                total += pmf * k / n * log(n * k / (a * b))
+    return total
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_ami_with_lognormal_sizes_matches_sklearn(seed):
+    rng = np.random.RandomState(seed)
+    n = int(rng.choice([200, 3000, 8000]))
+    a = lognormal_labels(rng, n, int(rng.randint(2, 400)))
+    b = lognormal_labels(rng, n, int(rng.randint(2, 400)))
+    b = np.where(rng.rand(n) < 0.5, b, a)  # correlated half the time, so AMI is not ~0
+    for x, y in ((a, b), (a, lognormal_labels(rng, n, 50, sigma=3.0))):
+        assert abs(adjusted_mutual_info_score(x, y) - skm.adjusted_mutual_info_score(x, y)) <= 1e-9
+
+
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        (np.repeat(np.arange(40), 25), np.tile(np.arange(50), 20)),  # every size tied
+        (np.zeros(500, int), np.arange(500) % 7),  # a single class
+        (np.arange(300), np.arange(300) // 3),  # all singletons
+        (np.arange(300), np.arange(300)[::-1]),  # singletons both sides
+        (np.r_[np.zeros(990, int), np.arange(1, 11)], np.arange(1000) % 2),  # one giant class
+        ([0, 0, 0, 1], [0, 0, 0, 1]),  # a + b > N: the support starts above 1
+    ],
+)
+def test_ami_edge_sizes_match_sklearn(a, b):
+    assert abs(adjusted_mutual_info_score(a, b) - skm.adjusted_mutual_info_score(a, b)) <= 1e-9
+    assert abs(adjusted_mutual_info_score(b, a) - skm.adjusted_mutual_info_score(b, a)) <= 1e-9
+
+
+def test_expected_mutual_information_when_sizes_overlap_by_hand():
+    # N = 4, sizes (3, 1) x (3, 1). n_11 is 2 or 3 with probabilities 3/4, 1/4.
+    # n_11 = 3 is the table [[3, 0], [0, 1]]: MI = 3/4 log(4/3) + 1/4 log(4) (prob. 1/4);
+    # n_11 = 2 is [[2, 1], [1, 0]]: MI = 2/4 log(8/9) + 2 * 1/4 log(4/3) (prob. 3/4).
+    mi_3 = 0.75 * log(4 / 3) + 0.25 * log(4)
+    mi_2 = 0.5 * log(8 / 9) + 0.5 * log(4 / 3)
+    assert expected_mutual_information([3, 1], [3, 1]) == pytest.approx(mi_3 / 4 + 3 * mi_2 / 4)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_expected_mutual_information_equals_its_definition(seed):
+    rng = np.random.RandomState(seed)
+    n = int(rng.randint(2, 60))
+    sizes_a = np.bincount(lognormal_labels(rng, n, int(rng.randint(1, 12))))
+    sizes_b = np.bincount(lognormal_labels(rng, n, int(rng.randint(1, 12))))
+    sizes_a, sizes_b = sizes_a[sizes_a > 0].tolist(), sizes_b[sizes_b > 0].tolist()
+    expected = emi_by_definition(sizes_a, sizes_b, n) if len(sizes_a) > 1 < len(sizes_b) else 0.0
+    assert expected_mutual_information(sizes_a, sizes_b) == pytest.approx(expected, abs=1e-13)
+
+
+def test_emi_size_table_equals_the_full_sum_for_wide_supports():
+    # sizes up to N / 2: the support is hundreds wide and the terms are summed from the mode out
+    n, sizes = 2000, np.array([1, 2, 7, 40, 333, 999, 1000])
+    table = emi_size_table(sizes, sizes, n)
+    for i, a in enumerate(sizes.tolist()):
+        for j, b in enumerate(sizes.tolist()):
+            assert table[i, j] == pytest.approx(
+                emi_by_definition([a], [b], n), rel=1e-11, abs=1e-17
+            )
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        np.array([5, -3, 5, 0, 7], dtype=np.int8),
+        np.array([3, 1, 3, 255], dtype=np.uint8),
+        np.array([2**40, 7, 2**40, -(2**50)]),  # too wide a span to count: sorted instead
+        np.array([2**63 + 5, 2**63, 2**63 + 5], dtype=np.uint64),
+        np.array(["b", "a", "b"]),
+        np.array([1.5, -2.0, 1.5]),
+    ],
+)
+def test_encode_codes_labels_in_sorted_order(labels):
+    codes, n_labels = encode(labels)
+    uniques, expected = np.unique(labels, return_inverse=True)
+    np.testing.assert_array_equal(codes, expected)
+    assert n_labels == len(uniques)
+
+
+@pytest.mark.parametrize("n_labels", [3, 2000])  # dense table and sorted cells
+def test_contingency_matrix_matches_sklearn_dense_and_sparse(n_labels):
+    rng = np.random.RandomState(0)
+    a, b = rng.randint(n_labels, size=1000), rng.randint(n_labels, size=1000) - 50
+    np.testing.assert_array_equal(contingency_matrix(a, b), skm.cluster.contingency_matrix(a, b))
+
+
 def test_clustering_scores_bundle():
     scores = clustering_scores([0, 0, 1, 1], [1, 1, 0, 0], ("ami", "purity", "v_measure"))
     assert scores == {"ami": 1.0, "purity": 1.0, "v_measure": 1.0}
@@ -171,6 +275,21 @@ def test_pairwise_scores_match_sklearn_for_every_pair(device):
             assert scores["ami"][i, j] == pytest.approx(
                 skm.adjusted_mutual_info_score(labelings[i], labelings[j]), abs=1e-9
             )
+            assert scores["nmi"][i, j] == pytest.approx(
+                skm.normalized_mutual_info_score(labelings[i], labelings[j]), abs=1e-12
+            )
+
+
+def test_pairwise_scores_with_lognormal_sizes_match_sklearn():
+    rng = np.random.RandomState(3)
+    base = lognormal_labels(rng, 4000, 300)
+    labelings = [np.where(rng.rand(4000) < 0.4, lognormal_labels(rng, 4000, 300), base)]
+    labelings += [lognormal_labels(rng, 4000, k) for k in (2, 50, 900)]
+    scores = pairwise_scores(labelings, ("ari", "ami"))
+    for i in range(4):
+        for j in range(4):
+            ami = skm.adjusted_mutual_info_score(labelings[i], labelings[j])
+            assert abs(scores["ami"][i, j] - ami) <= 1e-9
 
 
 def test_pairwise_scores_bad_input():
@@ -196,7 +315,7 @@ def test_class_statistics_stream_equals_one_batch():
     whole = ClassStatistics().update(X, y)
     np.testing.assert_allclose(streamed.means, whole.means)
     np.testing.assert_allclose(streamed.variances, whole.variances, rtol=1e-9)
-    assert streamed.bytes_read == X.nbytes
+    np.testing.assert_array_equal(streamed.counts, whole.counts)
 
 
 def test_nc1_by_hand():

@@ -2,6 +2,7 @@
 once; committers racing on one table keep every unit, and lost races are retried, boundedly."""
 
 import copy
+import itertools
 import os
 import signal
 import subprocess
@@ -129,10 +130,17 @@ def test_eight_concurrent_ray_writers_commit_every_row_once(store, local_ray):
     assert sorted(index) == list(range(800))
 
 
-def race_to_create(store: EmbeddingStore, committers: int = 8) -> int:
+# Trials of the creation race allowed before a creation has landed after other commits:
+# 2 to 7 trials in 30 did on the development machine (27 in 150, at most 16 trials apart),
+# so 200 without one means the race no longer happens.
+RACE_TRIALS = 200
+
+
+def race_to_create(store: EmbeddingStore, committers: int = 8) -> tuple[int, int]:
     """``committers`` copies of ``store`` commit one unit each, at once, to a table that
-    does not exist yet; checks every unit is there once; returns how many creations
-    landed after other commits."""
+    does not exist yet; checks every unit is there once. Returns how many creations
+    landed after the first, and how many of those landed after other commits, hiding
+    their units until the creator appended them again."""
     units = [
         copy.copy(store).write_fragments(
             TABLE, f"u{i}", embedding_unit(5, start=5 * i)[0], S.embeddings_schema(4)
@@ -150,24 +158,42 @@ def race_to_create(store: EmbeddingStore, committers: int = 8) -> int:
     assert store.committed_keys(TABLE) == {f"u{i}" for i in range(committers)}
     index = store.read(TABLE).column("sample_index").to_pylist()
     assert sorted(index) == list(range(5 * committers))
-    history = [type(t.operation).__name__ for t in store.dataset(TABLE).get_transactions()]
-    return history.count("Overwrite") - 1
+    ds = store.dataset(TABLE)
+    history = [type(t.operation).__name__ for t in ds.get_transactions()]
+    # Appends only add rows, so a version with none after one with some is a creation
+    # that hid the units committed before it.
+    versions = sorted(ds.versions(), key=lambda v: v["version"])
+    rows = [int(v["metadata"]["total_rows"]) for v in versions]
+    hid = sum(before > 0 and after == 0 for before, after in itertools.pairwise(rows))
+    return history.count("Overwrite") - 1, hid
+
+
+def race_until(make_store, wanted) -> int:
+    """Run ``race_to_create`` on fresh stores (``make_store(trial)``) until
+    ``wanted(late, hid)`` holds, at most ``RACE_TRIALS`` times; the trials run."""
+    for trial in range(1, RACE_TRIALS + 1):
+        if wanted(*race_to_create(make_store(trial))):
+            return trial
+    pytest.fail(f"the creation race did not happen as wanted in {RACE_TRIALS} trials")
 
 
 def test_committers_racing_to_create_a_table_keep_every_unit(tmp_path):
     """Eight committers (each its own store object, as separate runs would have) commit
     to a table that does not exist yet, all at once. Several may create it (Lance has no
     create-if-absent), and each creation that lands after other commits puts back the
-    units it hid: every unit is there once."""
-    race_to_create(EmbeddingStore(str(tmp_path / "store")))
+    units it hid: every unit is there once, in each trial, and trials go on until a
+    creation has hidden units, so the repair did run."""
+    race_until(lambda trial: EmbeddingStore(str(tmp_path / f"store{trial}")), lambda _, hid: hid)
 
 
 @pytest.mark.slow
 def test_racing_creations_keep_every_unit_in_thirty_trials(tmp_path):
-    late = sum(
-        race_to_create(EmbeddingStore(str(tmp_path / f"store{trial}"))) for trial in range(30)
-    )
-    print(f"creations that landed after other commits: {late} in 30 trials")
+    late, hid = 0, 0
+    for trial in range(30):
+        trial_late, trial_hid = race_to_create(EmbeddingStore(str(tmp_path / f"store{trial}")))
+        late, hid = late + trial_late, hid + trial_hid
+    print(f"in 30 trials, {late} creations landed after the first, {hid} after other commits")
+    assert hid >= 1, "no creation landed after other commits in 30 trials"
 
 
 def test_a_committer_that_saw_no_table_keeps_the_rows_committed_since(tmp_path, monkeypatch):
@@ -193,38 +219,51 @@ def test_a_committer_that_saw_no_table_keeps_the_rows_committed_since(tmp_path, 
     assert a.read(TABLE).num_rows == 7
 
 
-def test_a_creation_that_lands_after_other_commits_puts_their_units_back(tmp_path, monkeypatch):
-    """B checks for the table and finds none; A creates it and commits two units; then
-    B's creation lands (Lance's own check also ran before A's commits), hiding A's
-    units until B appends them again."""
-    root = str(tmp_path / "store")
-    a, b = EmbeddingStore(root), EmbeddingStore(root)
-    a.write_unit(TABLE, "a1", embedding_unit(3)[0], S.embeddings_schema(4))
-    a.write_unit(TABLE, "a2", embedding_unit(2, start=3)[0])
-    a_store = a.dataset(TABLE)
-    a_store.delete("sample_index = 4")  # a deletion file must come back too
-    unit_b = b.write_fragments(TABLE, "b", embedding_unit(4, start=5)[0])
+def force_a_late_creation(monkeypatch, committer: EmbeddingStore) -> None:
+    """``committer``'s next look for a table finds none, and its creation lands as an
+    overwrite wherever the table has got to (what happens when Lance's own check for
+    the table also ran before another writer's commits)."""
     real_dataset = EmbeddingStore.dataset
     looked = []
 
-    def stale_once_for_b(self, table, **kwargs):
-        if self is b and not looked:
+    def stale_once(self, table, **kwargs):
+        if self is committer and not looked:
             looked.append(table)
             return None
         return real_dataset(self, table, **kwargs)
 
-    def create_without_lances_check(data, uri, **kwargs):  # what lands when that check is stale
+    def create_without_lances_check(data, uri, *, storage_options=None, **kwargs):
         operation = lance.LanceOperation.Overwrite(data.schema, [])
-        return lance.LanceDataset.commit(uri, operation, read_version=0)
+        return lance.LanceDataset.commit(
+            uri, operation, read_version=0, storage_options=storage_options
+        )
 
-    monkeypatch.setattr(EmbeddingStore, "dataset", stale_once_for_b)
+    monkeypatch.setattr(EmbeddingStore, "dataset", stale_once)
     monkeypatch.setattr(lance, "write_dataset", create_without_lances_check)
+
+
+def late_creation_keeps_every_unit(a: EmbeddingStore, b: EmbeddingStore, monkeypatch) -> None:
+    """A commits two units (then deletes one row); B, which saw no table, creates it
+    after them; every unit must be there once, the deleted row still deleted."""
+    a.write_unit(TABLE, "a1", embedding_unit(3)[0], S.embeddings_schema(4))
+    a.write_unit(TABLE, "a2", embedding_unit(2, start=3)[0])
+    a.dataset(TABLE).delete("sample_index = 4")  # a deletion file must come back too
+    unit_b = b.write_fragments(TABLE, "b", embedding_unit(4, start=5)[0])
+    force_a_late_creation(monkeypatch, b)
     assert b.commit(unit_b)
     assert a.committed_keys(TABLE) == {"a1", "a2", "b"}
     got = a.read(TABLE).column("sample_index").to_pylist()
     assert sorted(got) == [0, 1, 2, 3, 5, 6, 7, 8]  # 4 stays deleted
     history = [type(t.operation).__name__ for t in a.dataset(TABLE).get_transactions()]
     assert history.count("Overwrite") == 2  # the late creation did land
+
+
+def test_a_creation_that_lands_after_other_commits_puts_their_units_back(tmp_path, monkeypatch):
+    """B checks for the table and finds none; A creates it and commits two units; then
+    B's creation lands (Lance's own check also ran before A's commits), hiding A's
+    units until B appends them again."""
+    root = str(tmp_path / "store")
+    late_creation_keeps_every_unit(EmbeddingStore(root), EmbeddingStore(root), monkeypatch)
 
 
 def _lose_every_race(monkeypatch, store: EmbeddingStore, times: int) -> list[int]:

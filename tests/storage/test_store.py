@@ -197,12 +197,16 @@ def test_compact_removes_orphans_and_old_versions_but_no_rows(store):
 
     for i in range(3):
         store.write_unit(TABLE, f"u{i}", rows(10, start=10 * i)[0], S.embeddings_schema(4))
-    store.write_fragments(TABLE, "orphan", rows(10, start=30)[0])  # a killed worker's files
+    orphan = store.write_fragments(TABLE, "orphan", rows(10, start=30)[0])  # a killed worker's
     data_dir = pathlib.Path(store.uri(TABLE)) / "data"
-    files_before = len(list(data_dir.iterdir()))
+    orphan_files = {data_dir / f.path for fragment in orphan.fragments for f in fragment.files}
+    assert orphan_files and all(path.exists() for path in orphan_files)
+    sizes = {path: path.stat().st_size for path in data_dir.iterdir()}
+    assert len(sizes) == 3 + len(orphan_files)  # one file per unit, and the orphan's
     removed = store.compact(keep_versions=1)
-    assert removed[TABLE] > 0
-    assert len(list(data_dir.iterdir())) < files_before
+    left = set(data_dir.iterdir())
+    assert len(left) == 1 and not left & set(sizes)  # the units merged, the orphan gone
+    assert removed[TABLE] >= sum(sizes.values())
     assert store.read(TABLE).num_rows == 30
     assert store.write_unit(TABLE, "u1", rows(10)[0]) is False  # keys survive compaction
 
