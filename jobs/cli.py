@@ -634,6 +634,89 @@ def compact(
     console.print(f"compacted {len(tables)} tables, removed {_size(removed)}")
 
 
+@app.command()
+def serve(
+    store: str = STORE_OPTION,
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on"),
+    port: int = typer.Option(8000, "--port", min=1, max=65535),
+    use_ray: bool = typer.Option(False, "--ray", help="run the app as a Ray Serve deployment"),
+    replicas: int = typer.Option(1, "--replicas", min=1, help="Ray Serve replicas (with --ray)"),
+    address: str = typer.Option(
+        None, "--address", help="Ray cluster address (with --ray); default: start a local Ray"
+    ),
+    workers: int = typer.Option(1, "--workers", min=1, help="uvicorn worker processes"),
+    cors_origin: list[str] = typer.Option(
+        [], "--cors-origin", help="origin allowed to call the API from a browser (repeatable)"
+    ),
+) -> None:
+    """Serve the store over HTTP: the /v1 query API (OpenAPI at /docs) and the dashboard at /.
+
+    Read-only unless STRATALENS_TOKEN is set: writes then need
+    'Authorization: Bearer <token>'.
+    """
+    import os
+
+    from services.api.settings import ENV_CORS_ORIGINS, ENV_STORE, ServiceSettings
+
+    _open_existing(store)
+    settings = ServiceSettings.from_env(store=store, cors_origins=tuple(cors_origin) or None)
+    writes = "on (bearer token)" if settings.token else "off (no STRATALENS_TOKEN)"
+    err_console.print(f"serving {store} on http://{host}:{port}/ (docs: /docs); writes {writes}")
+    if use_ray:
+        from services.api.ray_serve import run as run_serve
+
+        run_serve(settings, host=host, port=port, replicas=replicas, address=address)
+        return
+    import uvicorn
+
+    # uvicorn's workers build the app from the environment, as a factory
+    os.environ[ENV_STORE] = store
+    if cors_origin:
+        os.environ[ENV_CORS_ORIGINS] = ",".join(cors_origin)
+    uvicorn.run(
+        "services.api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="warning",
+    )
+
+
+@app.command()
+def index(
+    experiment: str = typer.Argument(..., help="experiment id"),
+    arch: str = typer.Option(..., "--arch", help="model architecture, e.g. small_cnn"),
+    layer: str = typer.Option(..., "--layer", help="probed layer, e.g. fc2"),
+    index_type: str = typer.Option("IVF_HNSW_SQ", "--type", help="IVF_HNSW_SQ or IVF_PQ"),
+    metric: str = typer.Option("cosine", "--metric", help="cosine or l2"),
+    partitions: int = typer.Option(None, "--partitions", min=1, help="IVF partitions"),
+    store: str = STORE_OPTION,
+) -> None:
+    """Build a vector index on one layer, for fast nearest-neighbour queries (serve's
+    /neighbors). Rebuild it after a run adds rows: those are searched exactly until then."""
+    from storage.index import build_index
+
+    opened = _open_existing(store)
+    start = time.perf_counter()
+    try:
+        built = build_index(
+            opened,
+            experiment,
+            arch,
+            layer,
+            index_type=index_type.upper(),
+            metric=metric,
+            num_partitions=partitions,
+        )
+    except StoreError as exc:
+        _fail(str(exc))
+    console.print(
+        f"built {built.index_type} ({built.metric}) on {experiment}/{arch}/{layer}: "
+        f"{built.indexed_rows} rows in {time.perf_counter() - start:.1f} s"
+    )
+
+
 def _size(n_bytes: float) -> str:
     """``n_bytes`` in B, KiB, MiB or GiB, e.g. ``12.5 MiB``."""
     units = ("B", "KiB", "MiB", "GiB")
@@ -644,7 +727,7 @@ def _size(n_bytes: float) -> str:
     return f"{n_bytes:.0f} B" if power == 0 else f"{n_bytes:.1f} {units[power]}"
 
 
-BENCHMARKS = ("cluster", "consistency", "data", "extract", "metrics", "plan", "store")
+BENCHMARKS = ("cluster", "consistency", "data", "extract", "metrics", "plan", "serve", "store")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -9,32 +9,36 @@ probe epoch: scores of different epochs are never averaged together.
 from __future__ import annotations
 
 import html
-import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from actors.models import probe_layers
 from services.gallery import cluster_gallery, gallery_html
+from services.plots import (
+    consistency_figures,
+    figure_vs_epoch,
+    figure_vs_layer,
+    layer_matrix,
+    layer_order,
+    png_image,
+)
 from storage import EmbeddingStore, StoreError
 from storage import schema as S
 from storage.filters import where
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    # turns one figure, and the name it is saved under, into the HTML that shows it
+    Render = Callable[[Figure, str], str]
 
 CLUSTER_METRICS = ("ami", "purity")  # drawn against layer and epoch for every method
 REPRESENTATION_METRICS = ("ncc_subclass", "ncc_superclass")  # drawn once, method-independent
 REPRESENTATION = "representation"  # the ``method`` of per-layer (not per-clustering) rows
 PROFILE_KEYS = ["dataset_id", "arch", "epoch", "layer"]
-METRIC_LABELS = {
-    "ami": "AMI",
-    "purity": "purity",
-    "ncc_subclass": "NCC accuracy (subclass)",
-    "ncc_superclass": "NCC accuracy (superclass)",
-}
-LAYER_COLOURS = ("viridis", 0.85)  # colour map of layers, input to output, and its last stop
-PANEL_COLUMNS = 3  # subplots per row of a report figure
-PANEL_SIZE = (5.5, 4.2)  # inches per subplot
-DPI = 110
 # Rows of the pipeline's cross-seed stage; `stratalens compare` rows (keys "compare/...")
 # pair other sides (archs, experiments, epochs) and are drawn by compare_matrix alone.
 SEED_PAIRS = " AND NOT unit_key LIKE 'compare/%'"
@@ -49,11 +53,6 @@ def runs_frame(store: EmbeddingStore, experiment_id: str) -> pd.DataFrame:
             "run `stratalens ls` to see what the store holds"
         )
     return runs.drop(columns=[S.UNIT_KEY]).sort_values(["dataset_id", "arch", "seed"])
-
-
-def layer_order(arch: str) -> list[str]:
-    """The probed layers of ``arch``, input to output."""
-    return list(probe_layers(arch))
 
 
 def layer_profile(
@@ -103,22 +102,34 @@ def consistency_matrix(
         )
         + SEED_PAIRS,
     ).to_pandas()
-    return _layer_matrix(pairs, layer_order(arch))
+    return layer_matrix(pairs, layer_order(arch))
 
 
 def write_report(store: EmbeddingStore, experiment_id: str, out_dir: str | Path) -> Path:
     """Write ``index.html`` and its PNG plots into ``out_dir``; returns the HTML path.
 
-    Per clustering method: AMI and purity against layer (a panel per probe
-    epoch) and, with several probe epochs, against epoch (a line per layer);
-    cross-seed heatmaps (a panel per epoch). Then NCC accuracy the same way,
-    and cluster galleries of the last probed layer at the last probe epoch.
+    The page holds the :func:`report_sections` of the experiment.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    sections = report_sections(store, experiment_id, lambda fig, name: png_image(fig, out, name))
+    page = out / "index.html"
+    page.write_text(_PAGE.format(title=html.escape(experiment_id), body="\n".join(sections)))
+    return page
+
+
+def report_sections(store: EmbeddingStore, experiment_id: str, render: Render) -> list[str]:
+    """The HTML sections of an experiment's report (and of its dashboard page).
+
+    Per clustering method: AMI and purity against layer (a panel per probe
+    epoch) and, with several probe epochs, against epoch (a line per layer);
+    cross-seed heatmaps (a panel per epoch). Then NCC accuracy the same way,
+    and cluster galleries of the last probed layer at the last probe epoch.
+    ``render(figure, name)`` gives the HTML of each figure.
+    """
     runs = runs_frame(store, experiment_id)
     metrics = store.read(S.METRICS, filter=where(experiment_id=experiment_id)).to_pandas()
     pairs = store.read(
@@ -143,40 +154,37 @@ def write_report(store: EmbeddingStore, experiment_id: str, out_dir: str | Path)
         profile = _profile(metrics, runs, experiment_id, method, None)
         factor = int(profile.overclustering_factor.iloc[0])
         images = [
-            _plot_vs_layer(profile, m, f"{m}_vs_layer_{method}", scopes, out)
-            for m in CLUSTER_METRICS
+            (figure_vs_layer(profile, m, scopes), f"{m}_vs_layer_{method}") for m in CLUSTER_METRICS
         ]
         if several:
             images += [
-                _plot_vs_epoch(profile, m, f"{m}_vs_epoch_{method}", scopes, out)
+                (figure_vs_epoch(profile, m, scopes), f"{m}_vs_epoch_{method}")
                 for m in CLUSTER_METRICS
             ]
-        images += _plot_consistency(pairs, runs, method, factor, out)
+        images += [(fig, name) for name, fig in consistency_figures(pairs, runs, method, factor)]
         sections.append(
             f"<h2>{method} (k = subclasses x {factor})</h2>"
-            + _images_html(images)
+            + _images_html(images, render)
             + _profile_html(profile, _clustering_metrics(metrics, method))
         )
     if profile is not None and any(f"{m}_mean" in profile for m in REPRESENTATION_METRICS):
         images = [
-            _plot_vs_layer(profile, m, f"{m}_vs_layer", "", out) for m in REPRESENTATION_METRICS
+            (figure_vs_layer(profile, m, ""), f"{m}_vs_layer") for m in REPRESENTATION_METRICS
         ]
         if several:
             images += [
-                _plot_vs_epoch(profile, m, f"{m}_vs_epoch", "", out) for m in REPRESENTATION_METRICS
+                (figure_vs_epoch(profile, m, ""), f"{m}_vs_epoch") for m in REPRESENTATION_METRICS
             ]
         sections.append(
             "<h2>Nearest-class-centre accuracy (train class means, test samples)</h2>"
-            + _images_html(images)
+            + _images_html(images, render)
             + _profile_html(profile, REPRESENTATION_METRICS)
         )
     if methods:
         shown = "ward" if "ward" in methods else methods[0]
         factor = int(metrics.overclustering_factor[metrics.method == shown].min())
         sections.append(_galleries_html(store, experiment_id, runs, shown, factor, epochs[-1]))
-    page = out / "index.html"
-    page.write_text(_PAGE.format(title=html.escape(experiment_id), body="\n".join(sections)))
-    return page
+    return sections
 
 
 # -- summaries from frames already read -----------------------------------------
@@ -226,14 +234,6 @@ def _profile(
     return summary.sort_values(order).reset_index(drop=True)
 
 
-def _layer_matrix(pairs: pd.DataFrame, layers: list[str]) -> tuple[list[str], np.ndarray]:
-    """Mean ``value`` per (layer_a, layer_b) of ``pairs`` as a layers x layers matrix."""
-    matrix = np.full((len(layers), len(layers)), np.nan)
-    for (a, b), value in pairs.groupby(["layer_a", "layer_b"])["value"].mean().items():
-        matrix[layers.index(a), layers.index(b)] = value
-    return layers, matrix
-
-
 def _clustering_metrics(metrics: pd.DataFrame, method: str) -> tuple[str, ...]:
     """The clustering metrics stored for ``method``, those of ``CLUSTER_METRICS`` first."""
     stored = set(metrics.metric[metrics.method == method])
@@ -248,152 +248,9 @@ def _scope_note(metrics: pd.DataFrame) -> str:
     return "over the whole split (scope: all)"
 
 
-# -- figures ---------------------------------------------------------------------
-def _plot_vs_layer(profile: pd.DataFrame, metric: str, name: str, scopes: str, out: Path):
-    """``metric`` against layer, a panel per (arch, probe epoch), a line per dataset."""
-    if f"{metric}_mean" not in profile:
-        return None
-    panels = sorted(set(zip(profile.arch, profile.epoch, strict=True)))
-    fig, axes = _figure(len(panels))
-    colours = _dataset_colours(profile)
-    for ax, (arch, epoch) in zip(axes, panels, strict=True):
-        part = profile[(profile.arch == arch) & (profile.epoch == epoch)]
-        for dataset_id, group in part.groupby("dataset_id"):
-            group = group.sort_values("layer_index")
-            label = f"{group.dataset.iloc[0]} / {group.hierarchy.iloc[0]}"
-            _line(ax, group.layer_index, group, metric, colours[dataset_id], label)
-        layers = layer_order(arch)
-        ax.set_xticks(range(len(layers)), layers, rotation=45)
-        ax.set_xlabel("layer")
-        ax.set_title(f"{arch}, epoch {epoch}: {_label(metric)} vs layer", fontsize=10)
-    _finish(axes, metric, scopes)
-    axes[0].legend(fontsize=8)
-    return _save(fig, out, name)
-
-
-def _plot_vs_epoch(profile: pd.DataFrame, metric: str, name: str, scopes: str, out: Path):
-    """``metric`` against probe epoch, a panel per (dataset, arch), a line per layer."""
-    if f"{metric}_mean" not in profile:
-        return None
-    import matplotlib.pyplot as plt
-
-    panels = sorted(set(zip(profile.dataset_id, profile.arch, strict=True)))
-    fig, axes = _figure(len(panels))
-    for ax, (dataset_id, arch) in zip(axes, panels, strict=True):
-        part = profile[(profile.dataset_id == dataset_id) & (profile.arch == arch)]
-        layers = layer_order(arch)
-        for index, layer in enumerate(layers):
-            group = part[part.layer == layer].sort_values("epoch")
-            if not group.empty:
-                cmap, last = LAYER_COLOURS
-                colour = plt.get_cmap(cmap)(last * index / max(1, len(layers) - 1))
-                _line(ax, group.epoch, group, metric, colour, layer, band=0.1)
-        ax.set_xticks(sorted(part.epoch.unique()))
-        ax.set_xlabel("epoch")
-        first = part.iloc[0]
-        title = f"{first.dataset} / {first.hierarchy}, {arch}: {_label(metric)} vs epoch"
-        ax.set_title(title, fontsize=10)
-    _finish(axes, metric, scopes)
-    # outside the panels, right of the first row: the lines of six layers leave no free corner
-    axes[min(len(axes), PANEL_COLUMNS) - 1].legend(
-        fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), title="layer"
-    )
-    return _save(fig, out, name)
-
-
-def _plot_consistency(
-    pairs: pd.DataFrame, runs: pd.DataFrame, method: str, factor: int, out: Path
-) -> list[str]:
-    """Cross-seed layer x layer heatmaps, one figure per (dataset, arch), a panel per epoch."""
-    pairs = pairs[(pairs.method == method) & (pairs.overclustering_factor == factor)]
-    if pairs.empty:
-        return []
-    stored = set(pairs.metric)
-    metric = "ari" if "ari" in stored else sorted(stored)[0]
-    pairs = pairs[pairs.metric == metric]
-    names = []
-    for row in runs.drop_duplicates(["dataset_id", "arch"]).itertuples():
-        part = pairs[(pairs.dataset_id == row.dataset_id) & (pairs.arch == row.arch)]
-        epochs = sorted(int(e) for e in part.epoch.unique())
-        if not epochs:
-            continue
-        fig, axes = _figure(len(epochs), size=(5.0, 4.4))
-        for ax, epoch in zip(axes, epochs, strict=True):
-            layers, matrix = _layer_matrix(part[part.epoch == epoch], layer_order(row.arch))
-            image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
-            ax.set_xticks(range(len(layers)), layers, rotation=60)
-            ax.set_yticks(range(len(layers)), layers)
-            ax.set_xlabel("layer (seed B)")
-            ax.set_title(f"epoch {epoch}", fontsize=10)
-        axes[0].set_ylabel("layer (seed A)")
-        fig.colorbar(image, ax=axes, shrink=0.8, label=f"{metric.upper()}, mean over seed pairs")
-        fig.suptitle(
-            f"cross-seed {metric.upper()}: {row.dataset} / {row.hierarchy}, {row.arch}, "
-            f"{method}, k = subclasses x {factor}",
-            fontsize=11,
-        )
-        names.append(_save(fig, out, f"{metric}_{row.dataset_id}_{row.arch}_{method}", tight=False))
-    return names
-
-
-def _figure(n_panels: int, size: tuple[float, float] = PANEL_SIZE):
-    """A figure of ``n_panels`` subplots, ``PANEL_COLUMNS`` to a row; the used axes."""
-    import matplotlib.pyplot as plt
-
-    columns = min(n_panels, PANEL_COLUMNS)
-    rows = math.ceil(n_panels / columns)
-    fig, axes = plt.subplots(
-        rows, columns, figsize=(size[0] * columns, size[1] * rows), squeeze=False
-    )
-    for ax in axes.flat[n_panels:]:
-        ax.remove()
-    return fig, list(axes.flat[:n_panels])
-
-
-def _line(
-    ax, x, group: pd.DataFrame, metric: str, colour, label: str, *, band: float = 0.2
-) -> None:
-    """Mean with a ± 1 sd band of opacity ``band`` (no band for a single seed)."""
-    mean, std = group[f"{metric}_mean"], group[f"{metric}_std"].fillna(0)
-    ax.plot(x, mean, marker="o", color=colour, label=label)
-    ax.fill_between(x, mean - std, mean + std, color=colour, alpha=band, linewidth=0)
-
-
-def _label(metric: str) -> str:
-    return METRIC_LABELS.get(metric, metric)
-
-
-def _finish(axes, metric: str, scopes: str) -> None:
-    """Shared y range and the y label."""
-    lows = [ax.get_ylim()[0] for ax in axes]
-    for ax in axes:
-        ax.set_ylim(min(0.0, *lows), 1.0)
-        ax.grid(alpha=0.3)
-    note = f"mean {scopes}; " if scopes else ""
-    axes[0].set_ylabel(f"{_label(metric)} ({note}± 1 sd over seeds)")
-
-
-def _save(fig, out: Path, name: str, *, tight: bool = True) -> str:
-    import matplotlib.pyplot as plt
-
-    if tight:
-        fig.tight_layout()
-    fig.savefig(out / f"{name}.png", dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
-    return f"{name}.png"
-
-
-def _dataset_colours(profile: pd.DataFrame) -> dict[str, tuple]:
-    """One colour per dataset, the same in every panel."""
-    import matplotlib.pyplot as plt
-
-    palette = plt.get_cmap("tab10")
-    return {d: palette(i % 10) for i, d in enumerate(sorted(profile.dataset_id.unique()))}
-
-
 # -- HTML ------------------------------------------------------------------------
-def _images_html(names: list[str | None]) -> str:
-    return "".join(f'<img src="{n}" alt="{n}">' for n in names if n)
+def _images_html(images: list[tuple[Figure | None, str]], render: Render) -> str:
+    return "".join(render(fig, name) for fig, name in images if fig is not None)
 
 
 def _galleries_html(

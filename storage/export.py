@@ -18,7 +18,8 @@ import pyarrow.parquet as pq
 
 from storage import schema as S
 from storage.filters import where
-from storage.store import SCAN_BATCH_BYTES, StoreError
+from storage.reads import SCAN_BATCH_BYTES
+from storage.tables import StoreError
 
 if TYPE_CHECKING:
     import lance

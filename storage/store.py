@@ -7,23 +7,21 @@ single committer calls :meth:`EmbeddingStore.commit`, which makes the whole unit
 visible in one transaction. A unit whose key is already committed is dropped,
 so re-running a worker never duplicates rows, and a worker killed before the
 commit leaves nothing visible (its orphan files are removed by ``compact``).
+
+This module holds the writes, the commits and their maintenance (compaction and
+key indices); :class:`EmbeddingStore` adds the readers of :mod:`storage.reads`,
+the version tags of :mod:`storage.versions` and the table access of
+:mod:`storage.tables`.
 """
 
 from __future__ import annotations
 
-import os
-import re
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
-# Workers append fragments to tables the committer may not have created yet, which
-# Lance reports with a warning per write; keep its log to errors unless asked.
-os.environ.setdefault("LANCE_LOG", "error")
-
-import lance  # noqa: E402
+import lance
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -32,16 +30,17 @@ from lance.fragment import FragmentMetadata, write_fragments
 
 from storage import schema as S
 from storage.filters import where
+from storage.reads import (  # noqa: F401 - re-exported: storage.store kept its names
+    LOCAL_SCAN_IO_BUFFER_BYTES,
+    SCAN_BATCH_BYTES,
+    StoreReads,
+    _copy_vectors,
+    embedding_matrix,
+)
+from storage.tables import StoreError, _s3_options  # noqa: F401 - re-exported
+from storage.versions import TAG_NAME, StoreVersions, _check_tag_name  # noqa: F401
 
 ROWS_PER_GROUP = 1024
-# Bytes of embeddings per scanned batch when streaming a layer into one array: small
-# batches stay in cache between Lance's decode and the copy into the result, which
-# read 50,000 x 2,048 float32 about twice as fast as materialising the table first.
-SCAN_BATCH_BYTES = 2 << 20
-# Bytes Lance may buffer from a local disk ahead of the decoder in such a scan. Its
-# default (sized for object stores) read the same layer in 0.11-0.14 s, 8-32 MiB in
-# 0.06-0.09 s; object-store roots keep the default, which keeps more requests in flight.
-LOCAL_SCAN_IO_BUFFER_BYTES = 16 << 20
 # A unit given as a table this large is written as WRITE_THREADS fragments at once:
 # 50,000 x 2,048 float32 wrote 1.35x faster in 4 slices than in one on 2 cores.
 PARALLEL_WRITE_MIN_BYTES = 64 << 20
@@ -53,8 +52,6 @@ WRITE_BATCH_BYTES = 16 << 20
 # Lance file format of new tables: 2.0 wrote 2.6x and read 1.3x faster than 2.2 for
 # 50,000 x 2,048 float32 vectors on the development machine.
 STORAGE_FORMAT = "2.0"
-# Tag names Lance stores safely, none all digits (``version="12"`` reads as version 12).
-TAG_NAME = re.compile(r"(?![0-9]+$)[A-Za-z0-9._-]+")
 # Key columns that queries filter on, and the scalar index each gets (see ``optimize``).
 KEY_INDICES = {
     S.UNIT_KEY: "BTREE",
@@ -70,10 +67,6 @@ KEY_INDICES = {
     "method": "BITMAP",
     "metric": "BITMAP",
 }
-
-
-class StoreError(ValueError):
-    """Bad input to the store; the store is left unchanged."""
 
 
 @dataclass(frozen=True)
@@ -111,7 +104,7 @@ class PendingUnit:
     n_rows: int
 
 
-class EmbeddingStore:
+class EmbeddingStore(StoreReads, StoreVersions):
     """A stratalens store rooted at a local path or an object-store URI.
 
     Parameters
@@ -122,6 +115,10 @@ class EmbeddingStore:
         Passed to Lance for object stores (endpoint, region, credentials).
     commit_retry : CommitRetryPolicy, optional
         How commits that lose a race with another writer are retried.
+    session : lance.Session, optional
+        Shared by every dataset the store opens, so that opened vector indices and
+        file metadata stay cached from one read to the next (a long-lived reader such
+        as the query service passes one). Not sent along when the store is pickled.
     """
 
     def __init__(
@@ -130,56 +127,18 @@ class EmbeddingStore:
         *,
         storage_options: dict[str, str] | None = None,
         commit_retry: CommitRetryPolicy = CommitRetryPolicy(),
+        session: lance.Session | None = None,
     ):
         self.root = str(root).rstrip("/")
         self.storage_options = storage_options or None
         self.commit_retry = commit_retry
+        self.session = session
 
     def __repr__(self) -> str:
         return f"EmbeddingStore({self.root!r})"
 
-    # -- tables ---------------------------------------------------------------
-    @property
-    def is_object_store(self) -> bool:
-        """Whether the root is a URI (``s3://...``) rather than a local path."""
-        return "://" in self.root
-
-    def uri(self, table: str) -> str:
-        return f"{self.root}/{table}"
-
-    def dataset(self, table: str, *, version: int | str | None = None) -> lance.LanceDataset | None:
-        """The Lance dataset behind ``table``, or ``None`` when it does not exist yet."""
-        if not self._has_table_files(table):
-            return None
-        try:
-            return lance.dataset(
-                self.uri(table), version=version, storage_options=self.storage_options
-            )
-        except ValueError as exc:
-            # Being created by another writer: the folder is there, no version yet.
-            if version is None and "not found" in str(exc).lower():
-                return None
-            raise
-
-    def exists(self, table: str) -> bool:
-        return self._has_table_files(table)
-
-    def version(self, table: str) -> int | None:
-        ds = self.dataset(table)
-        return None if ds is None else ds.version
-
-    def list_tables(self) -> list[str]:
-        """Every table under the root, fixed tables and embeddings tables alike."""
-        fs, base = self._filesystem()
-        try:
-            infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
-        except FileNotFoundError:
-            return []
-        tables = []
-        for info in infos:
-            if info.type == pafs.FileType.Directory and info.base_name == "_versions":
-                tables.append(info.path[len(base) + 1 : -len("/_versions")])
-        return sorted(tables)
+    def __getstate__(self) -> dict:
+        return self.__dict__ | {"session": None}  # a Lance session does not pickle
 
     # -- writes ---------------------------------------------------------------
     def write_fragments(
@@ -363,36 +322,6 @@ class EmbeddingStore:
         )
         return int(stats.bytes_removed)
 
-    def tag(self, table: str, name: str, version: int | None = None) -> int:
-        """Name a version of ``table`` (default: the current one) so it can be read later.
-
-        An existing tag of that name moves to the new version. ``compact`` keeps tagged
-        versions.
-        """
-        _check_tag_name(name)
-        ds = self.dataset(table)
-        if ds is None:
-            raise StoreError(f"table {table!r} does not exist in store {self.root!r}")
-        version = ds.version if version is None else version
-        if name in ds.tags.list():
-            ds.tags.update(name, version)
-        else:
-            ds.tags.create(name, version)
-        return version
-
-    def tag_all(self, name: str) -> dict[str, int]:
-        """Tag the current version of every table (a snapshot); {table: version}."""
-        _check_tag_name(name)
-        return {table: self.tag(table, name) for table in self.list_tables()}
-
-    def tags(self) -> dict[str, dict[str, int]]:
-        """Every tag in the store: {name: {table: version}}."""
-        found: dict[str, dict[str, int]] = {}
-        for table in self.list_tables():
-            for name, info in self.dataset(table).tags.list().items():
-                found.setdefault(name, {})[table] = info["version"]
-        return dict(sorted(found.items()))
-
     def committed_keys(self, table: str) -> set[str]:
         """Unit keys already visible in ``table``."""
         ds = self.dataset(table)
@@ -417,161 +346,6 @@ class EmbeddingStore:
         ds = self.dataset(table)
         if ds is not None and unit_keys:
             ds.delete(where(unit_key=list(unit_keys)))
-
-    # -- reads ----------------------------------------------------------------
-    def read(
-        self,
-        table: str,
-        *,
-        columns: list[str] | None = None,
-        filter: str | None = None,
-        version: int | str | None = None,
-    ) -> pa.Table:
-        """Rows of ``table`` matching ``filter`` (pushed down to Lance)."""
-        ds = self.dataset(table, version=version)
-        if ds is None:
-            schema = S.FIXED_SCHEMAS.get(table)
-            if schema is None:
-                raise StoreError(f"table {table!r} does not exist in store {self.root!r}")
-            empty = schema.empty_table()
-            return empty.select(columns) if columns else empty
-        return ds.to_table(columns=columns, filter=filter)
-
-    def layer_dataset(
-        self, experiment_id: str, arch: str, layer: str, *, version: int | str | None = None
-    ) -> lance.LanceDataset:
-        """The Lance dataset of one layer at ``version``; one StoreError naming what is stored."""
-        table = S.embeddings_table(experiment_id, arch, layer)
-        try:
-            ds = self.dataset(table, version=version)
-        except ValueError as exc:
-            if version is None:
-                raise
-            raise StoreError(f"table {table!r} has no version {version!r}: {exc}") from None
-        if ds is None:
-            known = sorted(
-                t.rsplit("/", 1)[-1]
-                for t in self.list_tables()
-                if t.startswith(f"{S.EMBEDDINGS_PREFIX}/{experiment_id}/{arch}/")
-            )
-            raise StoreError(
-                f"no embeddings for experiment {experiment_id!r}, arch {arch!r}, layer "
-                f"{layer!r}; stored layers are {known or 'none'}"
-            )
-        return ds
-
-    def embeddings(
-        self,
-        experiment_id: str,
-        arch: str,
-        layer: str,
-        *,
-        columns: list[str] | None = None,
-        version: int | str | None = None,
-        **conditions: Any,
-    ) -> pa.Table:
-        """Embedding rows of one layer, filtered by key columns (run_id, seed, split, ...).
-
-        ``version`` (a number or a tag) reads the table as it was then.
-        """
-        ds = self.layer_dataset(experiment_id, arch, layer, version=version)
-        return ds.to_table(columns=columns, filter=where(**conditions))
-
-    def embedding_batches(
-        self,
-        experiment_id: str,
-        arch: str,
-        layer: str,
-        *,
-        columns: list[str],
-        rows_per_batch: int = 8192,
-        version: int | str | None = None,
-        **conditions: Any,
-    ) -> Iterator[pa.RecordBatch]:
-        """``columns`` of one layer's matching rows, ``rows_per_batch`` at a time.
-
-        For one pass over a layer larger than memory (class statistics, NCC).
-        """
-        ds = self.layer_dataset(experiment_id, arch, layer, version=version)
-        return self.scan(ds, columns, where(**conditions), rows_per_batch)
-
-    def embedding_array(
-        self,
-        experiment_id: str,
-        arch: str,
-        layer: str,
-        *,
-        version: int | str | None = None,
-        dtype: np.dtype | None = np.float32,
-        **conditions: Any,
-    ) -> np.ndarray:
-        """One layer's embeddings as an (n, d) array, in the order :meth:`embeddings` returns rows.
-
-        Only the embedding column is scanned, in small batches copied straight into one
-        preallocated array. float16 tables come back as float32 unless ``dtype=None``.
-        """
-        ds = self.layer_dataset(experiment_id, arch, layer, version=version)
-        vector = ds.schema.field(S.EMBEDDING).type
-        filter = where(**conditions)
-        out = np.empty(
-            (ds.count_rows(filter=filter), vector.list_size),
-            dtype=dtype or vector.value_type.to_pandas_dtype(),
-        )
-        rows_per_batch = max(1, SCAN_BATCH_BYTES // (vector.list_size * out.itemsize))
-        batches = self.scan(ds, [S.EMBEDDING], filter, rows_per_batch)
-        _copy_vectors(out, (batch.column(0) for batch in batches))
-        return out
-
-    def scan(
-        self,
-        ds: lance.LanceDataset,
-        columns: list[str],
-        filter: str | None,
-        rows_per_batch: int,
-    ) -> Iterator[pa.RecordBatch]:
-        """``columns`` of the rows of ``ds`` that match ``filter``, batch by batch.
-
-        From local disk Lance reads ahead at most ``LOCAL_SCAN_IO_BUFFER_BYTES``.
-        """
-        return ds.to_batches(
-            columns=columns,
-            filter=filter,
-            batch_size=rows_per_batch,
-            io_buffer_size=None if self.is_object_store else LOCAL_SCAN_IO_BUFFER_BYTES,
-        )
-
-    def check_reachable(self) -> None:
-        """Raise one clear StoreError when an object-store root's bucket cannot be reached."""
-        if not self.is_object_store:
-            return
-        fs, base = self._filesystem()
-        bucket = base.split("/")[0]
-        try:
-            info = fs.get_file_info(bucket)
-        except OSError as exc:
-            raise StoreError(
-                f"cannot reach store {self.root!r} ({str(exc).splitlines()[0]}); "
-                "check the endpoint and credentials"
-            ) from None
-        if info.type == pafs.FileType.NotFound:
-            raise StoreError(
-                f"bucket {bucket!r} of store {self.root!r} does not exist; create it or fix --store"
-            )
-
-    # -- internals ------------------------------------------------------------
-    def _filesystem(self) -> tuple[pafs.FileSystem, str]:
-        """A pyarrow filesystem for listing and deleting tables, configured like Lance."""
-        if not self.is_object_store:
-            return pafs.LocalFileSystem(), os.path.abspath(self.root)
-        scheme, _, path = self.root.partition("://")
-        if scheme == "s3":
-            return pafs.S3FileSystem(**_s3_options(self.storage_options or {})), path.rstrip("/")
-        fs, path = pafs.FileSystem.from_uri(self.root)
-        return fs, path.rstrip("/")
-
-    def _has_table_files(self, table: str) -> bool:
-        fs, base = self._filesystem()
-        return fs.get_file_info(f"{base}/{table}/_versions").type == pafs.FileType.Directory
 
 
 def _expected_schema(
@@ -600,62 +374,9 @@ def _write_streams(data: pa.Table) -> list[list[pa.RecordBatch]]:
     ]
 
 
-def _check_tag_name(name: str) -> None:
-    if not TAG_NAME.fullmatch(name):
-        raise StoreError(
-            f"tag name {name!r} is not allowed; use ASCII letters, digits, '.', '-' or '_', "
-            "and not only digits (those read as version numbers)"
-        )
-
-
 def _has_key(ds: lance.LanceDataset, unit_key: str) -> bool:
     """Whether ``unit_key`` is committed (a pushed-down, index-assisted count)."""
     return ds.count_rows(filter=where(**{S.UNIT_KEY: unit_key})) > 0
-
-
-def _s3_options(options: dict[str, str]) -> dict[str, str]:
-    """pyarrow ``S3FileSystem`` arguments from Lance storage options, else the environment."""
-
-    def pick(*names: str) -> str | None:
-        for name in names:
-            value = options.get(name) or os.environ.get(name.upper())
-            if value:
-                return value
-        return None
-
-    kwargs = {
-        "access_key": pick("aws_access_key_id"),
-        "secret_key": pick("aws_secret_access_key"),
-        "session_token": pick("aws_session_token"),
-        "region": pick("aws_region", "aws_default_region"),
-        "endpoint_override": pick("aws_endpoint", "aws_endpoint_url"),
-    }
-    return {key: value for key, value in kwargs.items() if value}
-
-
-def embedding_matrix(
-    rows: pa.Table, column: str = S.EMBEDDING, dtype: np.dtype | None = np.float32
-) -> np.ndarray:
-    """The ``fixed_size_list<float>[d]`` column of ``rows`` as an (n, d) array.
-
-    float16 tables are returned as float32 unless ``dtype=None`` (the stored dtype).
-    """
-    vector = rows.schema.field(column).type
-    out = np.empty(
-        (rows.num_rows, vector.list_size), dtype=dtype or vector.value_type.to_pandas_dtype()
-    )
-    _copy_vectors(out, rows.column(column).chunks)
-    return out
-
-
-def _copy_vectors(out: np.ndarray, chunks: Iterable[pa.Array]) -> None:
-    """Copy fixed-size-list chunks, one after another, into the rows of ``out``."""
-    at = 0
-    for chunk in chunks:  # one copy per chunk, straight into the result
-        # flatten() honours a sliced chunk's offset, where .values would not
-        values = chunk.flatten().to_numpy(zero_copy_only=False).reshape(len(chunk), -1)
-        out[at : at + len(values)] = values
-        at += len(values)
 
 
 def _schema_mismatch(table: str, expected: pa.Schema, got: pa.Schema) -> str:

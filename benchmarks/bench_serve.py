@@ -1,0 +1,353 @@
+"""`stratalens bench serve`: the query service over HTTP against the store read locally.
+
+A uvicorn process serves a store holding one n x d float32 layer (default 50,000 x 512,
+a mixture of 200 Gaussian clusters) and a metrics table, on 127.0.0.1. In one run:
+- ``layer_http_vs_local``: bytes/s of the layer's embeddings fetched whole over HTTP as
+  an Arrow IPC stream (and read into an Arrow table) over bytes/s of
+  ``EmbeddingStore.embedding_array`` in this process (both counted on the n x d x 4
+  embedding bytes; the stream also carries the key columns);
+- ``take_1000_p50_ms`` / ``take_1000_p99_ms``: latency of 1,000 random rows by
+  ``sample_index`` over HTTP, and ``take_1000_vs_layer``: its p50 over the time of
+  fetching the whole layer (asked: <= 0.1);
+- ``metrics_rps``, ``metrics_p99_ms``, ``metrics_errors``: ``--clients`` concurrent
+  clients sending metrics queries (JSON, ~50 rows each) for ``--seconds`` s;
+- ``neighbors_recall_at_10`` and ``neighbors_speedup``: k = 10 nearest neighbours of
+  ``--queries`` vectors through the layer's IVF_HNSW_SQ index against Lance's exact scan
+  (recall of the exact answer; median exact time / median index time, in this process
+  through ``storage.index.nearest``, which the endpoint calls), ``index_build_seconds``,
+  and the same two searches over HTTP (``neighbors_http_*``).
+
+Usage: python benchmarks/bench_serve.py [--json] [--quick] [--n N] [--d D] [--clients C]
+[--seconds S] [--queries Q] [--workers W]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pyarrow as pa
+from common import parse_args, report  # benchmarks/ is on sys.path
+
+from storage import EmbeddingStore, embeddings_table
+from storage import schema as S
+from storage.index import build_index, nearest
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENT, ARCH, LAYER, RUN = "bench", "net", "layer", "bench/synthetic/net/seed0"
+CLUSTERS = 200  # Gaussian clusters the vectors are drawn around
+NOISE = 0.6  # spread of each cluster, relative to the spread of the centres
+REPEATS = 5  # best of, for the whole-layer fetches
+TAKE_REQUESTS = 50  # latency samples of the 1,000-row fetch
+TAKE_ROWS = 1_000
+K = 10
+SERVER_START_S = 90
+METRIC_LAYERS = 20  # the metrics table: layers x seeds x scopes x metrics rows
+METRIC_SEEDS = 10
+METRIC_SCOPES = 25
+METRIC_NAMES = ("ami", "purity", "ari", "nmi")
+
+
+def make_store(root: Path, n: int, d: int, rng: np.random.Generator) -> np.ndarray:
+    """Write the benchmark store; returns the layer's vectors (n, d) float32."""
+    store = EmbeddingStore(str(root))
+    experiment = {
+        "experiment_id": EXPERIMENT,
+        "name": EXPERIMENT,
+        "spec": "{}",
+        "created_at": datetime.now(timezone.utc),
+    }
+    store.write_unit(
+        S.EXPERIMENTS,
+        EXPERIMENT,
+        pa.Table.from_pylist([experiment], schema=S.EXPERIMENTS_SCHEMA.remove(0)),
+    )
+    centres = rng.normal(size=(CLUSTERS, d)).astype(np.float32)
+    X = centres[rng.integers(0, CLUSTERS, n)] + NOISE * rng.normal(size=(n, d)).astype(np.float32)
+    rows = S.embedding_rows(
+        X,
+        sample_index=np.arange(n),
+        subclass=np.zeros(n),
+        superclass=np.zeros(n),
+        experiment_id=EXPERIMENT,
+        run_id=RUN,
+        dataset_id="synthetic",
+        arch=ARCH,
+        seed=0,
+        epoch=1,
+        split="test",
+    )
+    table = embeddings_table(EXPERIMENT, ARCH, LAYER)
+    store.write_unit(table, "layer", rows, S.embeddings_schema(d))
+    metrics = [
+        {
+            "experiment_id": EXPERIMENT,
+            "run_id": f"{EXPERIMENT}/synthetic/{ARCH}/seed{seed}",
+            "dataset_id": "synthetic",
+            "arch": ARCH,
+            "seed": seed,
+            "epoch": 1,
+            "layer": f"layer{layer}",
+            "split": "test",
+            "scope": f"superclass={scope}",
+            "method": "ward",
+            "overclustering_factor": 1,
+            "n_clusters": 4,
+            "metric": metric,
+            "value": float(rng.random()),
+        }
+        for layer in range(METRIC_LAYERS)
+        for seed in range(METRIC_SEEDS)
+        for scope in range(METRIC_SCOPES)
+        for metric in METRIC_NAMES
+    ]
+    store.write_unit(
+        S.METRICS, "metrics", pa.Table.from_pylist(metrics, schema=S.METRICS_SCHEMA.remove(0))
+    )
+    for name in (table, S.METRICS, S.EXPERIMENTS):
+        store.optimize(name)
+    return X
+
+
+def start_server(root: Path, workers: int, log: Path) -> tuple[subprocess.Popen, str]:
+    """A uvicorn process serving ``root`` on a free port of 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = os.environ | {"STRATALENS_STORE": str(root), "PYTHONPATH": str(REPO)}
+    env.pop("STRATALENS_TOKEN", None)
+    command = [sys.executable, "-m", "uvicorn", "services.api.app:create_app", "--factory"]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    command += ["--workers", str(workers)]
+    with log.open("w") as out:
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=out)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + SERVER_START_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited: {log.read_text()}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            time.sleep(0.25)
+    process.kill()
+    raise RuntimeError(f"the server did not answer within {SERVER_START_S} s")
+
+
+def fetch_arrow(url: str, params: dict) -> pa.Table:
+    """One embeddings query read into an Arrow table as it streams in: pyarrow's IPC
+    reader on the standard library's HTTP response (httpx's chunk parser took ~2x as
+    long for the whole layer)."""
+    query = urllib.parse.urlencode(params)
+    with urllib.request.urlopen(f"{url}/v1/experiments/{EXPERIMENT}/embeddings?{query}") as r:
+        return pa.ipc.open_stream(r).read_all()
+
+
+def best_of(fn, repeats: int = REPEATS) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def bench_layer(store: EmbeddingStore, url: str, n: int, d: int) -> dict:
+    params = {"arch": ARCH, "layer": LAYER}
+    got = fetch_arrow(url, params)
+    assert got.num_rows == n  # a broken answer would void every figure
+    local_s = best_of(lambda: store.embedding_array(EXPERIMENT, ARCH, LAYER))
+    http_s = best_of(lambda: fetch_arrow(url, params))
+    payload = n * d * 4
+    return {
+        "layer_local_seconds": local_s,
+        "layer_http_seconds": http_s,
+        "layer_local_mb_per_s": payload / local_s / 1e6,
+        "layer_http_mb_per_s": payload / http_s / 1e6,
+        "layer_http_vs_local": local_s / http_s,
+    }
+
+
+def bench_take(url: str, n: int, rng: np.random.Generator, layer_s: float) -> dict:
+    times = []
+    for _ in range(TAKE_REQUESTS):
+        picked = rng.choice(n, min(TAKE_ROWS, n), replace=False)
+        params = {"arch": ARCH, "layer": LAYER, "sample_index": ",".join(map(str, picked))}
+        start = time.perf_counter()
+        rows = fetch_arrow(url, params)
+        times.append(time.perf_counter() - start)
+        assert rows.num_rows == len(picked)
+    p50, p99 = np.percentile(times, [50, 99])
+    return {
+        "take_1000_p50_ms": p50 * 1e3,
+        "take_1000_p99_ms": p99 * 1e3,
+        "take_1000_vs_layer": p50 / layer_s,
+    }
+
+
+async def _load(url: str, clients: int, seconds: float) -> tuple[list[float], list[str], int]:
+    """``clients`` tasks sending metrics queries for ``seconds``; latencies, errors (what
+    went wrong, one line each), rows."""
+    latencies: list[float] = []
+    errors: list[str] = []
+    rows = 0
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
+        stop = time.perf_counter() + seconds
+
+        async def one_client(i: int) -> None:
+            nonlocal rows
+            rng = np.random.default_rng(i)
+            while time.perf_counter() < stop:
+                params = {
+                    "layer": f"layer{rng.integers(METRIC_LAYERS)}",
+                    "seed": int(rng.integers(METRIC_SEEDS)),
+                    "metric": METRIC_NAMES[rng.integers(len(METRIC_NAMES))],
+                }
+                start = time.perf_counter()
+                try:
+                    answer = await client.get(
+                        f"/v1/experiments/{EXPERIMENT}/metrics", params=params
+                    )
+                    if answer.status_code == 200:
+                        rows += len(answer.json())
+                    else:
+                        errors.append(f"{answer.status_code} {answer.text[:200]}")
+                except httpx.HTTPError as exc:
+                    errors.append(f"{type(exc).__name__}: {exc}")
+                latencies.append(time.perf_counter() - start)
+
+        await asyncio.gather(*(one_client(i) for i in range(clients)))
+    return latencies, errors, rows
+
+
+def bench_metrics(url: str, clients: int, seconds: float) -> dict:
+    start = time.perf_counter()
+    latencies, errors, rows = asyncio.run(_load(url, clients, seconds))
+    elapsed = time.perf_counter() - start
+    p50, p99 = np.percentile(latencies, [50, 99])
+    return {
+        "metrics_clients": clients,
+        "metrics_seconds": elapsed,
+        "metrics_requests": len(latencies),
+        "metrics_rps": len(latencies) / elapsed,
+        "metrics_p50_ms": p50 * 1e3,
+        "metrics_p99_ms": p99 * 1e3,
+        "metrics_rows_per_answer": rows / max(1, len(latencies) - len(errors)),
+        "metrics_errors": len(errors),
+        "metrics_error_kinds": sorted(set(errors))[:5],
+    }
+
+
+def bench_neighbors(
+    store: EmbeddingStore,
+    client: httpx.Client,
+    X: np.ndarray,
+    queries: int,
+    rng: np.random.Generator,
+) -> dict:
+    start = time.perf_counter()
+    built = build_index(store, EXPERIMENT, ARCH, LAYER)
+    build_s = time.perf_counter() - start
+    picked = rng.choice(len(X), queries, replace=False)
+    vectors = X[picked] + 0.1 * rng.normal(size=(queries, X.shape[1])).astype(np.float32)
+    scope = {"run_id": RUN, "epoch": 1, "split": "test"}
+
+    def search(vector, exact: bool):
+        start = time.perf_counter()
+        found = nearest(store, EXPERIMENT, ARCH, LAYER, vector, K, exact=exact, **scope)
+        return time.perf_counter() - start, found
+
+    search(vectors[0], False)  # open the index once, as a serving process has
+    exact = [search(v, True) for v in vectors]
+    indexed = [search(v, False) for v in vectors]
+    assert all(found.search == "index" for _, found in indexed)
+    recall = np.mean(
+        [
+            len(
+                set(a.rows.column("sample_index").to_pylist())
+                & set(b.rows.column("sample_index").to_pylist())
+            )
+            / K
+            for (_, a), (_, b) in zip(indexed, exact, strict=True)
+        ]
+    )
+    exact_s = float(np.median([t for t, _ in exact]))
+    index_s = float(np.median([t for t, _ in indexed]))
+
+    def over_http(exact: bool) -> float:
+        times = []
+        body = {"arch": ARCH, "layer": LAYER, "run": RUN, "epoch": 1, "split": "test", "k": K}
+        url = f"/v1/experiments/{EXPERIMENT}/neighbors"
+        for vector in vectors:
+            start = time.perf_counter()
+            answer = client.post(url, json=body | {"vector": vector.tolist(), "exact": exact})
+            times.append(time.perf_counter() - start)
+            assert answer.json()["search"] == ("exact" if exact else "index")
+        return float(np.median(times))
+
+    http_exact, http_index = over_http(True), over_http(False)
+    return {
+        "index_type": built.index_type,
+        "index_build_seconds": build_s,
+        "neighbors_queries": queries,
+        "neighbors_exact_ms": exact_s * 1e3,
+        "neighbors_index_ms": index_s * 1e3,
+        "neighbors_recall_at_10": float(recall),
+        "neighbors_speedup": exact_s / index_s,
+        "neighbors_http_exact_ms": http_exact * 1e3,
+        "neighbors_http_index_ms": http_index * 1e3,
+        "neighbors_http_speedup": http_exact / http_index,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(
+        __doc__, argv, n=50_000, d=512, clients=32, seconds=30, queries=100, workers=1
+    )
+    if args.quick:
+        args.n, args.d, args.seconds, args.queries = 4_000, 64, 2, 10
+    rng = np.random.default_rng(0)
+    root = Path(tempfile.mkdtemp(prefix="stratalens-bench-serve-"))
+    process = None
+    try:
+        X = make_store(root / "store", args.n, args.d, rng)
+        import lance  # after storage, which sets Lance's log level
+
+        # as the service opens it: one Lance session keeps indices and metadata cached
+        store = EmbeddingStore(str(root / "store"), session=lance.Session())
+        process, url = start_server(root / "store", args.workers, root / "server.log")
+        results: dict = {
+            "n": args.n,
+            "d": args.d,
+            "cores": os.cpu_count(),
+            "server_workers": args.workers,
+        }
+        with httpx.Client(base_url=url, timeout=120) as client:
+            results |= bench_layer(store, url, args.n, args.d)
+            results |= bench_take(url, args.n, rng, results["layer_http_seconds"])
+            results |= bench_metrics(url, args.clients, args.seconds)
+            results |= bench_neighbors(store, client, X, args.queries, rng)
+    finally:
+        if process is not None:
+            process.terminate()
+            process.wait(timeout=30)
+        shutil.rmtree(root, ignore_errors=True)
+    return report(results, args.json)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Answer bodies: Arrow IPC streams, .npy and CSV streamed batch by batch, and JSON.
+
+A streamed answer holds one record batch in memory at a time, whatever the
+number of rows; JSON answers are built whole, so their callers cap the rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import math
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from storage import schema as S
+from storage.queries import RowStream
+
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
+NPY = "application/x-npy"
+CSV = "text/csv"
+JSON = "application/json"
+# The end-of-stream marker of the Arrow IPC stream format: continuation, zero length.
+ARROW_EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"
+ROW_COUNT_HEADER = "X-Row-Count"
+
+
+def arrow_response(stream: RowStream, filename: str) -> StreamingResponse:
+    """The rows as an Arrow IPC stream (schema, then one message per record batch)."""
+
+    def chunks() -> Iterator[bytes | memoryview]:
+        yield memoryview(stream.schema.serialize())
+        for batch in stream.batches:
+            yield memoryview(batch.serialize())
+        yield ARROW_EOS
+
+    return _streaming(chunks(), ARROW_STREAM, stream.rows, f"{filename}.arrows")
+
+
+def npy_response(stream: RowStream, filename: str) -> StreamingResponse:
+    """The ``embedding`` column as one (rows, d) float32 ``.npy`` array.
+
+    Its length is known up front, so it is sent with a Content-Length (no chunk framing).
+    """
+    dim = stream.schema.field(S.EMBEDDING).type.list_size
+    dtype = np.dtype(np.float32)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header,
+        {
+            "descr": np.lib.format.dtype_to_descr(dtype),
+            "fortran_order": False,
+            "shape": (stream.rows, dim),
+        },
+    )
+
+    def chunks() -> Iterator[bytes | memoryview]:
+        yield header.getvalue()
+        for batch in stream.batches:
+            vectors = batch.column(S.EMBEDDING).flatten().to_numpy(zero_copy_only=False)
+            yield memoryview(vectors.astype(dtype, copy=False)).cast("B")  # len() in bytes
+
+    length = len(header.getvalue()) + stream.rows * dim * dtype.itemsize
+    response = _streaming(chunks(), NPY, stream.rows, f"{filename}.npy")
+    response.headers["Content-Length"] = str(length)
+    return response
+
+
+def csv_response(stream: RowStream, filename: str) -> StreamingResponse:
+    """The rows as CSV with a header line (list columns are not allowed here)."""
+
+    def chunks() -> Iterator[bytes]:
+        header = True
+        for batch in stream.batches:
+            out = io.BytesIO()
+            pacsv.write_csv(batch, out, pacsv.WriteOptions(include_header=header))
+            header = False
+            yield out.getvalue()
+        if header:  # no rows: the header alone
+            out = io.BytesIO()
+            pacsv.write_csv(stream.schema.empty_table(), out)
+            yield out.getvalue()
+
+    return _streaming(chunks(), CSV, stream.rows, f"{filename}.csv")
+
+
+def json_rows(stream: RowStream) -> list[dict[str, Any]]:
+    """The rows as JSON-ready dicts (callers cap ``stream.rows`` first)."""
+    return [jsonable(row) for batch in stream.batches for row in batch.to_pylist()]
+
+
+def json_response(content: Any, *, rows: int | None = None) -> JSONResponse:
+    """``content`` as JSON; NaN and infinities become null (JSON has neither)."""
+    headers = {ROW_COUNT_HEADER: str(rows)} if rows is not None else None
+    return JSONResponse(jsonable(content), headers=headers)
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with non-finite floats as None, datetimes as ISO 8601 and arrays as lists."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(item) for item in value]
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return jsonable(value.item())
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return None  # thumbnails have their own endpoint
+    return value
+
+
+def _streaming(
+    chunks: Iterable[bytes | memoryview], media_type: str, rows: int | None, filename: str
+) -> StreamingResponse:
+    headers = {"Content-Disposition": f'attachment; filename="{filename}"'}
+    if rows is not None:
+        headers[ROW_COUNT_HEADER] = str(rows)
+    return StreamingResponse(chunks, media_type=media_type, headers=headers)
+
+
+def arrow_table(data: bytes) -> pa.Table:
+    """Read an Arrow IPC stream answer back (for clients and tests)."""
+    return pa.ipc.open_stream(data).read_all()
