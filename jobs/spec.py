@@ -337,13 +337,25 @@ class ResourcesSpec(_Strict):
         "the built-in ones load in-process); default: trainer_cpus",
     )
 
+    trainer_workers: int | None = Field(
+        None,
+        ge=1,
+        description="processes that train one model together (DDP with Ray Train); default: "
+        "trainer_gpus when above 1 (one GPU each, NCCL), else 1; on CPUs they use gloo",
+    )
+
     @model_validator(mode="after")
     def _gpu(self) -> ResourcesSpec:
-        if self.trainer_gpus > 1:
+        if self.trainer_gpus > 1 and self.trainer_gpus != int(self.trainer_gpus):
             raise ValueError(
-                f"resources.trainer_gpus = {self.trainer_gpus:g}: training one model on "
-                "several GPUs (DDP) is not implemented; use at most 1 (runs of other seeds, "
-                "archs and datasets train side by side)"
+                f"resources.trainer_gpus = {self.trainer_gpus:g} above 1 means one DDP process "
+                "per GPU, so it should be a whole number"
+            )
+        if self.ddp_workers > 1 and self.trainer_gpus not in (0, self.ddp_workers):
+            raise ValueError(
+                f"resources.trainer_workers = {self.ddp_workers} DDP processes take one GPU "
+                f"each, so trainer_gpus should be {self.ddp_workers} (or 0 to train on CPUs), "
+                f"not {self.trainer_gpus:g}"
             )
         if self.device == "cuda" and self.trainer_gpus == 0:
             raise ValueError(
@@ -351,6 +363,18 @@ class ResourcesSpec(_Strict):
                 "the GPUs from trainers that reserve none; set trainer_gpus: 1"
             )
         return self
+
+    @property
+    def ddp_workers(self) -> int:
+        """Processes that train one model together (1: no DDP)."""
+        if self.trainer_workers is not None:
+            return self.trainer_workers
+        return int(self.trainer_gpus) if self.trainer_gpus > 1 else 1
+
+    @property
+    def extractor_gpus(self) -> float:
+        """GPUs of the actor that extracts (and, without DDP, trains) one run."""
+        return min(1.0, self.trainer_gpus) if self.ddp_workers > 1 else self.trainer_gpus
 
     @property
     def workers(self) -> int:
@@ -421,6 +445,7 @@ class ExperimentSpec(_Strict):
                 )
             _check_cluster_sizes(dataset, self.clustering)
             force = bool((info.context or {}).get("force"))
+            _check_data_parallel(self.training, self.resources)
             _check_models(dataset, self.arch_specs, self.training, self.storage, force)
         return self
 
@@ -568,3 +593,20 @@ def register_stored_archs(spec_json: str) -> None:
         if isinstance(item, dict):
             arch = ArchSpec.model_construct(**item)
             register_arch_key(arch.stored_key, arch.probe_layers())
+
+
+def _check_data_parallel(training: TrainingSpec, resources: ResourcesSpec) -> None:
+    """DDP splits each batch evenly and hands the weights over through checkpoints."""
+    workers = resources.ddp_workers
+    if workers == 1 or training.epochs == 0:
+        return
+    if training.batch_size % workers:
+        raise ValueError(
+            f"training.batch_size = {training.batch_size} does not split evenly over "
+            f"{workers} DDP processes; make it a multiple of {workers}"
+        )
+    if training.checkpoint_every == 0:
+        raise ValueError(
+            "training.checkpoint_every is 0, but DDP runs hand their weights to extraction "
+            "through checkpoints; set it to 1 or more"
+        )
