@@ -16,6 +16,7 @@ import re
 
 import torch
 
+from storage import EmbeddingStore
 from storage.blobs import BlobStore
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -103,3 +104,14 @@ class CheckpointStore:
                 return None
             return state
         return None
+
+
+def run_checkpoint_store(store: EmbeddingStore, plan) -> CheckpointStore:
+    """The checkpoints of ``plan`` (an :class:`actors.workers.RunPlan`) under the store root."""
+    return CheckpointStore(
+        BlobStore(store),
+        run_checkpoints(plan.experiment_id, plan.run_id),
+        fingerprint=plan.fingerprint,
+        keep_last=plan.training.keep_checkpoints,
+        keep_epochs=plan.probe_epochs,
+    )

@@ -155,6 +155,12 @@ class Trainer:
         datasets only; in-memory ones load in this process).
     checkpoints : CheckpointStore, optional
         Where the state is saved after each epoch and resumed from.
+    distributed : (int, int)
+        ``(rank, world size)`` of a data-parallel (DDP) process: the process
+        group must be set up already (Ray Train does it; see
+        :mod:`actors.distributed`). Each process trains on its shard with
+        ``batch_size / world`` images a step, gradients are averaged, and rank
+        0 writes the checkpoints (with every rank's RNG state).
     """
 
     def __init__(
@@ -168,6 +174,7 @@ class Trainer:
         threads: int | None = None,
         loader_workers: int = 0,
         checkpoints: CheckpointStore | None = None,
+        distributed: tuple[int, int] = (0, 1),
     ):
         if threads:
             torch.set_num_threads(threads)
@@ -179,6 +186,7 @@ class Trainer:
         self.seed = seed
         self.loader_workers = loader_workers
         self.checkpoints = checkpoints
+        self.rank, self.world = distributed
         shape = self.data.input_shape()
         torch.manual_seed(seed)
         self.model = build_model(
@@ -196,6 +204,13 @@ class Trainer:
         if self._cuda:
             torch.backends.cudnn.benchmark = True
             self.model = self.model.to(memory_format=torch.channels_last)
+        self._train_model = self.model
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self._cuda and self.device.index is not None else None
+            self._train_model = DistributedDataParallel(self.model, device_ids=ids)
+        self._batch_size = training.batch_size // self.world
         self.epoch = 0
         self.train_seconds = 0.0
         self._generator = torch.Generator().manual_seed(seed)
@@ -216,7 +231,7 @@ class Trainer:
         self._loss = loss_function(training.loss, label_smoothing=training.label_smoothing)
         self._superclass_of = torch.as_tensor(self.data.hierarchy.superclass_of)
         self._steps_per_epoch = math.ceil(
-            self.data.num_samples(self.data.train_split) / training.batch_size
+            self.data.num_samples(self.data.train_split) // self.world / self._batch_size
         )
         self._accuracy: dict[tuple[int, str], float] = {}  # (epoch, split) -> superclass acc.
         self._readers: dict[tuple[int, tuple[str, ...]], FeatureReader] = {}
@@ -239,6 +254,7 @@ class Trainer:
             workers=self.loader_workers,
             generator=self._generator if train else None,
             pin_memory=self._cuda,
+            shard=(self.rank, self.world) if train else (0, 1),
         )
 
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
@@ -267,14 +283,12 @@ class Trainer:
         subclass = torch.from_numpy(self.data.subclass(self.data.train_split))
         while self.epoch < epoch:
             start = time.perf_counter()
-            loader = self._loader(
-                self.data.train_split, train=True, batch_size=self.training.batch_size
-            )
+            loader = self._loader(self.data.train_split, train=True, batch_size=self._batch_size)
             for step, (x, positions) in enumerate(batches(loader)):
                 self._set_lr(self.epoch * self._steps_per_epoch + step)
                 y = self._superclass_of[subclass[positions]].to(self.device, non_blocking=True)
                 with self._autocast():
-                    loss = self._loss(self.model(self._to_device(x)), y)
+                    loss = self._loss(self._train_model(self._to_device(x)), y)
                 self._optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self._optimizer.step()
@@ -289,11 +303,28 @@ class Trainer:
         every = self.training.checkpoint_every
         if self.checkpoints is None or every <= 0:
             return
-        if self.epoch % every == 0 or self.epoch == self.training.epochs:
-            self.checkpoints.save(self.epoch, self.state_dict())
+        due = self.epoch % every == 0 or self.epoch == self.training.epochs
+        if due or self.epoch in self.checkpoints.keep_epochs:
+            state = self.state_dict()  # every rank: it gathers their RNG states
+            if self.rank == 0:
+                self.checkpoints.save(self.epoch, state)
 
     def state_dict(self) -> dict:
-        """Everything the next epoch depends on: weights, optimiser, EMA, schedule, RNGs."""
+        """Everything the next epoch depends on: weights, optimiser, EMA, schedule, RNGs.
+
+        In a data-parallel run every rank must call it (the RNG states are gathered).
+        """
+        rng = {
+            "torch": torch.get_rng_state(),
+            "loader": self._generator.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if self._cuda else [],
+        }
+        ranks = [rng]
+        if self.world > 1:
+            import torch.distributed as dist
+
+            ranks = [None] * self.world
+            dist.all_gather_object(ranks, rng)
         return {
             "epoch": self.epoch,
             "arch": self.config.name,
@@ -304,11 +335,9 @@ class Trainer:
                 "step": self.epoch * self._steps_per_epoch,
                 "steps_per_epoch": self._steps_per_epoch,
             },
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "loader": self._generator.get_state(),
-                "cuda": torch.cuda.get_rng_state_all() if self._cuda else [],
-            },
+            "rng": rng,
+            "rng_ranks": ranks,
+            "world": self.world,
             "train_seconds": self.train_seconds,
         }
 
@@ -318,10 +347,12 @@ class Trainer:
         self._optimizer.load_state_dict(state["optimizer"])
         if self._ema is not None and state.get("ema") is not None:
             self._ema.load_state_dict(state["ema"])
-        torch.set_rng_state(state["rng"]["torch"])
-        self._generator.set_state(state["rng"]["loader"])
-        if self._cuda and state["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        ranks = state.get("rng_ranks") or [state["rng"]]
+        rng = ranks[self.rank] if len(ranks) == self.world else state["rng"]
+        torch.set_rng_state(rng["torch"])
+        self._generator.set_state(rng["loader"])
+        if self._cuda and rng["cuda"]:
+            torch.cuda.set_rng_state_all(rng["cuda"])
         self.epoch = int(state["epoch"])
         self.train_seconds = float(state["train_seconds"])
 

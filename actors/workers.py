@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from actors.checkpoints import CheckpointStore, run_checkpoints
+from actors.checkpoints import run_checkpoint_store
 from actors.clustering import cluster_for_ks, l2_normalize
 from actors.datasets import (
     DatasetConfig,
@@ -31,7 +31,6 @@ from actors.models import ModelConfig
 from actors.training import Trainer, TrainingConfig
 from storage import EmbeddingStore, PendingUnit, embedding_matrix, embeddings_table
 from storage import schema as S
-from storage.blobs import BlobStore
 
 ROWS_PER_FRAGMENT = 8192  # activations held in memory per layer while extracting
 
@@ -155,13 +154,7 @@ class TrainerWorker:
         self.plan = plan
         checkpoints = None
         if plan.training.epochs > 0 and plan.training.checkpoint_every > 0:
-            checkpoints = CheckpointStore(
-                BlobStore(store),
-                run_checkpoints(plan.experiment_id, plan.run_id),
-                fingerprint=plan.fingerprint,
-                keep_last=plan.training.keep_checkpoints,
-                keep_epochs=plan.probe_epochs,
-            )
+            checkpoints = run_checkpoint_store(store, plan)
         self.trainer = Trainer(
             plan.model_config,
             plan.dataset,

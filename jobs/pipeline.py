@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from actors.checkpoints import experiment_checkpoints
+from actors.distributed import train_data_parallel_task
 from actors.workers import (
     ClusterUnit,
     RunPlan,
@@ -243,12 +244,29 @@ def train_and_extract(
         }
         for arch in spec.arch_specs
     }
+    r = spec.resources
+    if r.ddp_workers > 1 and spec.training.epochs > 0:
+        # DDP runs train first, on their process groups; their actors then extract
+        # every probe epoch from its checkpoint
+        task = train_data_parallel_task.options(num_cpus=0)
+        ddp = {
+            task.remote(
+                store,
+                plan,
+                spec.epochs_to_probe[-1],
+                workers=r.ddp_workers,
+                cpus_per_worker=r.trainer_cpus,
+                use_gpu=r.trainer_gpus > 0,
+            ): None
+            for plan in plans
+        }
+        _drain("train (DDP)", ddp, store, progress, counts)
     pending: dict[ray.ObjectRef, Callable[[], None] | None] = {}
-    threads = max(1, int(spec.resources.trainer_cpus))
+    threads = max(1, int(r.trainer_cpus))
     for plan in plans:
-        actor = TrainerActor.options(
-            num_cpus=spec.resources.trainer_cpus, num_gpus=spec.resources.trainer_gpus
-        ).remote(store, plan, threads)
+        actor = TrainerActor.options(num_cpus=r.trainer_cpus, num_gpus=r.extractor_gpus).remote(
+            store, plan, threads
+        )
         for epoch in spec.epochs_to_probe:
             missing = {
                 embedding_unit_key(plan.run_id, epoch, layer, split)

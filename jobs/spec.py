@@ -7,22 +7,19 @@ what would be accepted, before any work starts.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Literal
 
 import numpy as np
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
-    Discriminator,
     Field,
-    Tag,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -31,19 +28,19 @@ from pydantic import (
 
 from actors.clustering import METHODS
 from actors.datasets import DatasetConfig, HierarchicalDataset, build_dataset, list_datasets
-from actors.models import (
-    FLOAT_BYTES,
-    ModelConfig,
-    config_layers,
-    layer_dims,
-    model_entry,
-    register_arch_key,
-)
+from actors.models import FLOAT_BYTES, layer_dims, model_entry
 from actors.training import LOSSES, TrainingConfig, build_model
+from jobs.archs import (
+    MAPPING_ITEM,
+    NAME_ITEM,
+    ArchItem,
+    ArchSpec,
+    as_arch,
+    register_stored_archs,
+)
 
-ARCH_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-ARCH_KEY_HASH_CHARS = 8
 DEFAULT_MAX_BYTES_PER_SAMPLE = 256 * 1024
+__all__ = ["ArchSpec", "ExperimentSpec", "SpecError", "load_dataset", "register_stored_archs"]
 
 
 class SpecError(ValueError):
@@ -130,96 +127,6 @@ class TrainingSpec(_Strict):
 
     def config(self) -> TrainingConfig:
         return TrainingConfig(**self.model_dump())
-
-
-class ArchSpec(_Strict):
-    """A model to train or probe: a registered name and, optionally, how to start and read it."""
-
-    name: str = Field(description="a name from `stratalens models`, e.g. resnet50, vit_b_16")
-    key: str | None = Field(
-        None,
-        pattern=ARCH_KEY_PATTERN,
-        description="what it is stored under (table names, run ids); default: the name, or "
-        "name-<hash> when any other field is set",
-    )
-    weights: str | None = Field(
-        None,
-        description="local state_dict or checkpoint file the model starts from (path#entry "
-        "picks a checkpoint entry, e.g. #ema); nothing is downloaded",
-    )
-    layers: list[str] | None = Field(
-        None,
-        min_length=1,
-        description="probed layers: node names of `stratalens layers NAME --nodes`; "
-        "default: the arch's default set",
-    )
-    pool: Literal["avg", "max"] = Field("avg", description="global pooling of conv maps")
-    tokens: Literal["cls", "mean"] = Field(
-        "cls", description="token sequences (ViT): the CLS token or the mean over tokens"
-    )
-    options: dict = Field(
-        default_factory=dict, description="builder options, e.g. ViT's num_layers, hidden_dim"
-    )
-    load_head: bool = Field(
-        True, description="false: keep the model's own head instead of the file's"
-    )
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        model_entry(value)
-        return value
-
-    @field_validator("weights")
-    @classmethod
-    def _weights(cls, value: str | None) -> str | None:
-        if value is not None:
-            from actors.models import read_state_dict
-
-            read_state_dict(value)  # exists and is readable (memory-mapped, cheap)
-        return value
-
-    @model_validator(mode="after")
-    def _layers(self) -> ArchSpec:
-        config_layers(self.config())
-        return self
-
-    def config(self) -> ModelConfig:
-        return ModelConfig(
-            name=self.name,
-            weights=self.weights,
-            layers=None if self.layers is None else tuple(self.layers),
-            pool=self.pool,
-            tokens=self.tokens,
-            options=dict(self.options),
-            load_head=self.load_head,
-        )
-
-    @property
-    def is_plain(self) -> bool:
-        """Only a name: stored under the name itself."""
-        return self == ArchSpec(name=self.name)
-
-    @property
-    def stored_key(self) -> str:
-        """The arch key of the store's table names and run ids."""
-        if self.key:
-            return self.key
-        if self.is_plain:
-            return self.name
-        blob = json.dumps(self.model_dump(mode="json", exclude={"key"}), sort_keys=True)
-        return f"{self.name}-{hashlib.sha1(blob.encode()).hexdigest()[:ARCH_KEY_HASH_CHARS]}"
-
-    def probe_layers(self) -> tuple[str, ...]:
-        return config_layers(self.config())
-
-
-# An archs item is a name or a mapping; the tag keeps errors to the branch the item is.
-NAME_ITEM, MAPPING_ITEM = "name-item", "mapping-item"
-ArchItem = Annotated[
-    Union[Annotated[str, Tag(NAME_ITEM)], Annotated[ArchSpec, Tag(MAPPING_ITEM)]],  # noqa: UP007
-    Discriminator(lambda v: NAME_ITEM if isinstance(v, str) else MAPPING_ITEM),
-]
 
 
 class ClusteringSpec(_Strict):
@@ -346,13 +253,25 @@ class ResourcesSpec(_Strict):
         "the built-in ones load in-process); default: trainer_cpus",
     )
 
+    trainer_workers: int | None = Field(
+        None,
+        ge=1,
+        description="processes that train one model together (DDP with Ray Train); default: "
+        "trainer_gpus when above 1 (one GPU each, NCCL), else 1; on CPUs they use gloo",
+    )
+
     @model_validator(mode="after")
     def _gpu(self) -> ResourcesSpec:
-        if self.trainer_gpus > 1:
+        if self.trainer_gpus > 1 and self.trainer_gpus != int(self.trainer_gpus):
             raise ValueError(
-                f"resources.trainer_gpus = {self.trainer_gpus:g}: training one model on "
-                "several GPUs (DDP) is not implemented; use at most 1 (runs of other seeds, "
-                "archs and datasets train side by side)"
+                f"resources.trainer_gpus = {self.trainer_gpus:g} above 1 means one DDP process "
+                "per GPU, so it should be a whole number"
+            )
+        if self.ddp_workers > 1 and self.trainer_gpus not in (0, self.ddp_workers):
+            raise ValueError(
+                f"resources.trainer_workers = {self.ddp_workers} DDP processes take one GPU "
+                f"each, so trainer_gpus should be {self.ddp_workers} (or 0 to train on CPUs), "
+                f"not {self.trainer_gpus:g}"
             )
         if self.device == "cuda" and self.trainer_gpus == 0:
             raise ValueError(
@@ -360,6 +279,18 @@ class ResourcesSpec(_Strict):
                 "the GPUs from trainers that reserve none; set trainer_gpus: 1"
             )
         return self
+
+    @property
+    def ddp_workers(self) -> int:
+        """Processes that train one model together (1: no DDP)."""
+        if self.trainer_workers is not None:
+            return self.trainer_workers
+        return int(self.trainer_gpus) if self.trainer_gpus > 1 else 1
+
+    @property
+    def extractor_gpus(self) -> float:
+        """GPUs of the actor that extracts (and, without DDP, trains) one run."""
+        return min(1.0, self.trainer_gpus) if self.ddp_workers > 1 else self.trainer_gpus
 
     @property
     def workers(self) -> int:
@@ -397,7 +328,7 @@ class ExperimentSpec(_Strict):
         for item in value:
             if isinstance(item, str):
                 model_entry(item)
-        keys = [_as_arch(item).stored_key for item in value]
+        keys = [as_arch(item).stored_key for item in value]
         for i, key in enumerate(keys):
             if key in keys[:i]:
                 raise ValueError(
@@ -430,6 +361,7 @@ class ExperimentSpec(_Strict):
                 )
             _check_cluster_sizes(dataset, self.clustering)
             force = bool((info.context or {}).get("force"))
+            _check_data_parallel(self.training, self.resources)
             _check_models(dataset, self.arch_specs, self.training, self.storage, force)
         return self
 
@@ -442,7 +374,7 @@ class ExperimentSpec(_Strict):
     @property
     def arch_specs(self) -> list[ArchSpec]:
         """Every item of ``archs`` as an :class:`ArchSpec` (a plain name has defaults)."""
-        return [_as_arch(item) for item in self.archs]
+        return [as_arch(item) for item in self.archs]
 
     def arch(self, key: str) -> ArchSpec:
         """The item stored under arch key ``key``."""
@@ -451,7 +383,7 @@ class ExperimentSpec(_Strict):
     def register_arch_keys(self) -> None:
         """Let ``actors.models.probe_layers(key)`` answer for every item's arch key."""
         for arch in self.arch_specs:
-            register_arch_key(arch.stored_key, arch.probe_layers())
+            arch.register()
 
     @property
     def experiment_id(self) -> str:
@@ -557,10 +489,6 @@ def _check_cluster_sizes(dataset: DatasetSpec, clustering: ClusteringSpec) -> No
             )
 
 
-def _as_arch(item: str | ArchSpec) -> ArchSpec:
-    return ArchSpec(name=item) if isinstance(item, str) else item
-
-
 def _check_models(
     dataset: DatasetSpec,
     archs: list[ArchSpec],
@@ -590,12 +518,18 @@ def _check_models(
             )
 
 
-def register_stored_archs(spec_json: str) -> None:
-    """Register the arch keys of a stored spec (its ``experiments`` row) for layer lookups.
-
-    Items are rebuilt without validation: a weights file need not exist any more.
-    """
-    for item in json.loads(spec_json).get("archs", []):
-        if isinstance(item, dict):
-            arch = ArchSpec.model_construct(**item)
-            register_arch_key(arch.stored_key, arch.probe_layers())
+def _check_data_parallel(training: TrainingSpec, resources: ResourcesSpec) -> None:
+    """DDP splits each batch evenly and hands the weights over through checkpoints."""
+    workers = resources.ddp_workers
+    if workers == 1 or training.epochs == 0:
+        return
+    if training.batch_size % workers:
+        raise ValueError(
+            f"training.batch_size = {training.batch_size} does not split evenly over "
+            f"{workers} DDP processes; make it a multiple of {workers}"
+        )
+    if training.checkpoint_every == 0:
+        raise ValueError(
+            "training.checkpoint_every is 0, but DDP runs hand their weights to extraction "
+            "through checkpoints; set it to 1 or more"
+        )

@@ -92,4 +92,7 @@ class BlobStore:
         target = f"{base}/{prefix}"
         if fs.get_file_info(target).type == pafs.FileType.NotFound:
             return
-        fs.delete_dir(target)
+        try:
+            fs.delete_dir(target)
+        except FileNotFoundError:  # removed meanwhile by another process
+            pass

@@ -96,11 +96,23 @@ def test_byte_limit_per_sample_and_force():
         ExperimentSpec.from_dict(data)
 
 
-def test_cuda_without_a_trainer_gpu_and_multi_gpu_trainers_are_refused():
+def test_gpu_and_data_parallel_resources_are_checked():
     with pytest.raises(SpecError, match="trainer_gpus is 0"):
         ExperimentSpec.from_dict(spec(resources={"device": "cuda"}))
-    with pytest.raises(SpecError, match="DDP.*is not implemented"):
-        ExperimentSpec.from_dict(spec(resources={"trainer_gpus": 2}))
+    parsed = ExperimentSpec.from_dict(spec(resources={"trainer_gpus": 4}))
+    assert parsed.resources.ddp_workers == 4 and parsed.resources.extractor_gpus == 1
+    with pytest.raises(SpecError, match="should be a whole number"):
+        ExperimentSpec.from_dict(spec(resources={"trainer_gpus": 2.5}))
+    with pytest.raises(SpecError, match="trainer_gpus should be 2"):
+        ExperimentSpec.from_dict(spec(resources={"trainer_workers": 2, "trainer_gpus": 1}))
+    with pytest.raises(SpecError, match="batch_size = 63 does not split evenly over 2"):
+        ExperimentSpec.from_dict(
+            spec(resources={"trainer_workers": 2}, training={"batch_size": 63})
+        )
+    with pytest.raises(SpecError, match="checkpoint_every is 0"):
+        ExperimentSpec.from_dict(
+            spec(resources={"trainer_workers": 2}, training={"checkpoint_every": 0})
+        )
 
 
 def test_new_training_fields_are_checked():
