@@ -122,15 +122,14 @@ def make_store(root: Path, n: int, d: int, rng: np.random.Generator) -> np.ndarr
 
 
 def start_server(root: Path, workers: int, log: Path) -> tuple[subprocess.Popen, str]:
-    """A uvicorn process serving ``root`` on a free port of 127.0.0.1."""
+    """``stratalens serve`` (uvicorn) serving ``root`` on a free port of 127.0.0.1."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = os.environ | {"STRATALENS_STORE": str(root), "PYTHONPATH": str(REPO)}
     env.pop("STRATALENS_TOKEN", None)
-    command = [sys.executable, "-m", "uvicorn", "services.api.app:create_app", "--factory"]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
-    command += ["--workers", str(workers)]
+    command = [sys.executable, "-m", "jobs.cli", "serve", "--store", str(root)]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
     with log.open("w") as out:
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=out)
     url = f"http://127.0.0.1:{port}"

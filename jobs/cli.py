@@ -656,7 +656,7 @@ def serve(
     """
     import os
 
-    from services.api.settings import ENV_CORS_ORIGINS, ENV_STORE, ServiceSettings
+    from services.api.settings import ENV_CORS_ORIGINS, ENV_STORE, KEEP_ALIVE_S, ServiceSettings
 
     _open_existing(store)
     settings = ServiceSettings.from_env(store=store, cors_origins=tuple(cors_origin) or None)
@@ -680,6 +680,7 @@ def serve(
         port=port,
         workers=workers,
         log_level="warning",
+        timeout_keep_alive=KEEP_ALIVE_S,
     )
 
 

@@ -32,7 +32,7 @@ os.environ.setdefault("LANCE_INCLUDE_VECTOR_CENTROIDS", "false")
 METRICS = ("cosine", "l2")
 DEFAULT_METRIC = "cosine"
 # IVF_HNSW_SQ: HNSW graphs inside IVF partitions over 8-bit scalar-quantised vectors.
-# At 50,000 x 512 it built in 10-13 s and answered k=10 in 2-5 ms at recall@10
+# At 50,000 x 512 it built in 3-13 s and answered k=10 in 2-5 ms at recall@10
 # 0.96-1.00, where IVF_PQ took 96-131 s to build and 6-12 ms for recall >= 0.99
 # (2-core machine; `stratalens bench serve` and a comparison script).
 INDEX_TYPES = ("IVF_HNSW_SQ", "IVF_PQ")

@@ -20,8 +20,9 @@ from storage.reads import StoreReads
 from storage.tables import StoreError
 
 # Bytes of rows per streamed batch of a query (embeddings, metrics, pairs, clusterings):
-# a 50,000 x 512 layer streamed over loopback HTTP in 43-81 ms with 0.5-2 MiB batches,
-# 84-180 ms with 4 MiB and 220-290 ms with 64 MiB (uvicorn copies each chunk it frames).
+# a 50,000 x 512 layer crossed loopback HTTP in 52-81 ms with 0.5-2 MiB batches (urllib
+# client; curl 57-63 ms), 180 ms with 4 MiB and 251 ms with 64 MiB (uvicorn copies each
+# chunk it frames; small chunks stay in cache and fit the socket buffer).
 QUERY_BATCH_BYTES = 1 << 20
 # Estimated bytes of the key columns of one row, added to its vector when sizing batches.
 KEY_COLUMN_BYTES = 64

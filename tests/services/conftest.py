@@ -74,26 +74,25 @@ def wait_until_up(
 
 @pytest.fixture(scope="session")
 def live_server(pipeline_store, tmp_path_factory):
-    """``http://127.0.0.1:PORT`` of a uvicorn process serving ``pipeline_store``; stopped by
-    its process id at the end of the session. Its output goes to ``server.log``."""
+    """``http://127.0.0.1:PORT`` of ``stratalens serve`` (uvicorn) serving ``pipeline_store``;
+    stopped by its process id at the end of the session. Its output goes to ``server.log``."""
     port = free_port()
     log = tmp_path_factory.mktemp("uvicorn") / "server.log"
-    env = os.environ | {"STRATALENS_STORE": pipeline_store.root, "PYTHONPATH": str(REPO)}
+    env = os.environ | {"PYTHONPATH": str(REPO)}
     env.pop("STRATALENS_TOKEN", None)
     with log.open("w") as out:  # the child keeps its own copy of the file
         process = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
-                "uvicorn",
-                "services.api.app:create_app",
-                "--factory",
+                "jobs.cli",
+                "serve",
+                "--store",
+                pipeline_store.root,
                 "--host",
                 "127.0.0.1",
                 "--port",
                 str(port),
-                "--log-level",
-                "warning",
             ],
             cwd=REPO,
             env=env,

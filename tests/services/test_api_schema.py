@@ -19,7 +19,7 @@ from schemathesis.checks import (
 from services.api import ServiceSettings, create_app
 from tests.services import api_store as H
 
-MAX_EXAMPLES = 40  # per operation (valid and invalid requests); 14 operations, ~30 s in all
+MAX_EXAMPLES = 25  # per operation (valid and invalid requests); 14 operations, ~20 s in all
 TOKEN = "schema-token"
 # The schema is read at collection (schemathesis' lazy fixture loader does not work with
 # pytest 9), from an app over a store the module fixture writes before the first test.
