@@ -212,9 +212,9 @@ def test_compact_removes_orphans_and_old_versions_but_no_rows(store):
 
 
 def test_embedding_array_streams_filtered_rows_in_table_order(store, monkeypatch):
-    import storage.store
+    import storage.reads
 
-    monkeypatch.setattr(storage.store, "SCAN_BATCH_BYTES", 3 * 4 * 4)  # 3 rows per batch
+    monkeypatch.setattr(storage.reads, "SCAN_BATCH_BYTES", 3 * 4 * 4)  # 3 rows per batch
     table, values = rows(10)
     store.write_unit(TABLE, "u1", table, S.embeddings_schema(4))
     other, other_values = rows(5, split="train", run="r1", start=10, seed=1)
