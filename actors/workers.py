@@ -8,14 +8,17 @@ here are plain Python (a notebook can call them); ``TrainerActor`` and
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 
 import numpy as np
 import pyarrow as pa
 import ray
 
+from actors.checkpoints import run_checkpoint_store
 from actors.clustering import cluster_for_ks, l2_normalize
 from actors.datasets import (
     DatasetConfig,
@@ -24,6 +27,7 @@ from actors.datasets import (
     thumbnail_loader,
 )
 from actors.datasets.loader import THUMBNAIL_BATCH
+from actors.models import ModelConfig
 from actors.training import Trainer, TrainingConfig
 from storage import EmbeddingStore, PendingUnit, embedding_matrix, embeddings_table
 from storage import schema as S
@@ -87,9 +91,17 @@ def embedding_unit_key(run_id: str, epoch: int, layer: str, split: str) -> str:
     return f"{run_id}/epoch{epoch}/{layer}/{split}"
 
 
+RUN_STATUS_TRAINED = "done"
+RUN_STATUS_PROBED = "probed"  # training.epochs = 0: the given weights, nothing trained
+
+
 @dataclass(frozen=True)
 class RunPlan:
-    """Everything one trainer needs: which model to train on what, and what to extract."""
+    """Everything one trainer needs: which model to train on what, and what to extract.
+
+    ``arch`` is the key the run is stored under (the model's name, or the spec
+    item's key); ``model`` says what to build (default: ``ModelConfig(arch)``).
+    """
 
     experiment_id: str
     arch: str
@@ -100,10 +112,27 @@ class RunPlan:
     device: str = "auto"
     embedding_dtype: str = "float32"
     loader_workers: int = 0
+    model: ModelConfig | None = None
+    probe_epochs: tuple[int, ...] = field(default=())
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return self.model or ModelConfig(self.arch)
 
     @property
     def run_id(self) -> str:
         return run_id_for(self.experiment_id, self.dataset.dataset_id, self.arch, self.seed)
+
+    @property
+    def fingerprint(self) -> str:
+        """A hash of what determines the run's weights (checkpoints are tied to it)."""
+        settings = {
+            "model": asdict(self.model_config),
+            "training": asdict(self.training),
+            "dataset": self.dataset.dataset_id,
+            "seed": self.seed,
+        }
+        return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
     @property
     def keys(self) -> dict[str, str | int]:
@@ -123,21 +152,34 @@ class TrainerWorker:
     def __init__(self, store: EmbeddingStore, plan: RunPlan, threads: int | None = None):
         self.store = store
         self.plan = plan
+        checkpoints = None
+        if plan.training.epochs > 0 and plan.training.checkpoint_every > 0:
+            checkpoints = run_checkpoint_store(store, plan)
         self.trainer = Trainer(
-            plan.arch,
+            plan.model_config,
             plan.dataset,
             plan.training,
             plan.seed,
             device=plan.device,
             threads=threads,
             loader_workers=plan.loader_workers,
+            checkpoints=checkpoints,
         )
 
     def train_to(self, epoch: int) -> int:
         return self.trainer.train_to(epoch)
 
     def extract(self, epoch: int, keys_to_write: set[str]) -> list[PendingUnit]:
-        """Write the (layer, split) units of ``epoch`` whose keys are in ``keys_to_write``."""
+        """Write the (layer, split) units of ``epoch`` whose keys are in ``keys_to_write``.
+
+        With nothing to write, nothing is trained either (a resumed run skips ahead).
+        """
+        if not keys_to_write:
+            return []
+        if self.trainer.epoch > epoch:
+            raise RuntimeError(  # the pipeline asks for probe epochs in order
+                f"run {self.plan.run_id} is at epoch {self.trainer.epoch}, past {epoch}"
+            )
         self.trainer.train_to(epoch)
         plan, pending = self.plan, []
         for split in plan.splits:
@@ -177,9 +219,11 @@ class TrainerWorker:
             pending.extend(_combine(parts) for parts in fragments.values())
         return pending
 
-    def finish(self) -> list[PendingUnit]:
-        """The ``runs`` row that marks this run complete."""
+    def finish(self, epoch: int | None = None) -> list[PendingUnit]:
+        """The ``runs`` row that marks this run complete (at ``epoch``, default: where it is)."""
         plan, trainer = self.plan, self.trainer
+        if epoch is not None:
+            trainer.train_to(epoch)
         row = {
             "run_id": plan.run_id,
             "experiment_id": plan.experiment_id,
@@ -190,7 +234,7 @@ class TrainerWorker:
             "hierarchy": plan.dataset.hierarchy,
             "seed": plan.seed,
             "epochs": trainer.epoch,
-            "status": "done",
+            "status": RUN_STATUS_TRAINED if plan.training.epochs > 0 else RUN_STATUS_PROBED,
             "train_accuracy": trainer.accuracy(trainer.data.train_split),
             "test_accuracy": trainer.accuracy(trainer.data.heldout_split),
             "train_seconds": trainer.train_seconds,

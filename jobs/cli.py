@@ -53,6 +53,9 @@ def run(
     fresh: bool = typer.Option(
         False, "--fresh", help="delete this experiment's rows first and start over"
     ),
+    force: bool = typer.Option(
+        False, "--force", help="store layer sets over storage.max_bytes_per_sample"
+    ),
 ) -> None:
     """Train, extract, cluster and score everything the spec asks for (resumable)."""
     from actors.datasets import DatasetError
@@ -61,7 +64,7 @@ def run(
     from jobs.spec import ExperimentSpec, SpecError
 
     try:
-        spec = ExperimentSpec.from_yaml(spec_path)
+        spec = ExperimentSpec.from_yaml(spec_path, force=force)
         EmbeddingStore(store).check_reachable()
         start = time.perf_counter()
         counts = run_experiment(
@@ -306,6 +309,68 @@ def schema() -> None:
     print(json.dumps(ExperimentSpec.model_json_schema(), indent=2))
 
 
+@app.command()
+def models(as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table")):
+    """List the models a spec's archs can name (`stratalens layers NAME` for their layers)."""
+    import json
+
+    from actors.models import list_models, model_entry
+
+    entries = [model_entry(name) for name in list_models()]
+    if as_json:
+        rows = [{"name": e.name, "family": e.family, "source": e.source} for e in entries]
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table("arch", "family", "source", title=f"{len(entries)} models")
+    for e in entries:
+        table.add_row(e.name, e.family, e.source)
+    console.print(table)
+
+
+@app.command()
+def layers(
+    arch: str = typer.Argument(..., help="model name, e.g. resnet50 (see `stratalens models`)"),
+    image_size: int = typer.Option(None, "--image-size", help="input size; default: the arch's"),
+    channels: int = typer.Option(3, "--channels", help="image channels"),
+    options: str = typer.Option("{}", "--options", help="builder options as JSON"),
+    nodes: bool = typer.Option(False, "--nodes", help="every layer name a spec may list"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+) -> None:
+    """Print an arch's default probed layers and the dimension each is stored with."""
+    import json
+
+    from actors.models import FLOAT_BYTES, ModelConfig, ModelError, layer_dims, probeable_layers
+
+    try:
+        parsed = json.loads(options)
+        if not isinstance(parsed, dict):
+            raise ValueError(type(parsed).__name__)
+    except ValueError as exc:
+        _fail(f"--options should be a JSON object like '{{\"num_layers\": 2}}' ({exc})")
+    try:
+        config = ModelConfig(arch, options=parsed)
+        size = image_size or config.entry.image_size
+        if nodes:
+            model = config.create(in_channels=channels, num_classes=2, device="meta")
+            names = probeable_layers(model, config.entry)
+            print(json.dumps(names, indent=2) if as_json else "\n".join(names))
+            return
+        dims = layer_dims(config, (channels, size, size), num_classes=2)
+    except ModelError as exc:
+        _fail(str(exc))
+    total = sum(dims.values()) * FLOAT_BYTES["float32"]
+    if as_json:
+        rows = [{"layer": name, "dim": d} for name, d in dims.items()]
+        summary = {"arch": arch, "image_size": size, "layers": rows, "bytes_per_sample": total}
+        print(json.dumps(summary, indent=2))
+        return
+    table = Table("layer", "dim", title=f"{arch} at {size} px")
+    for name, d in dims.items():
+        table.add_row(name, str(d))
+    console.print(table)
+    console.print(f"{len(dims)} layers, {total:,} bytes per sample as float32")
+
+
 @app.command("ls")
 def list_experiments(store: str = STORE_OPTION) -> None:
     """List the experiments in a store."""
@@ -332,6 +397,7 @@ def show(
     from services.report import runs_frame
 
     opened = _open_existing(store)
+    _register_archs(opened, experiment)
     try:
         runs = runs_frame(opened, experiment)
     except StoreError as exc:
@@ -396,6 +462,16 @@ def compare(
         f"committed {committed} compare units ({skipped} already there) "
         f"in {time.perf_counter() - start:.1f} s"
     )
+
+
+def _register_archs(store: EmbeddingStore, experiment: str) -> None:
+    """Tell the model registry the layer sets of the experiment's arch keys (its stored spec)."""
+    from jobs.spec import register_stored_archs
+    from storage.filters import where
+
+    rows = store.read(S.EXPERIMENTS, columns=["spec"], filter=where(experiment_id=experiment))
+    for spec_json in rows.column("spec").to_pylist():
+        register_stored_archs(spec_json)
 
 
 def _print_profile(store: EmbeddingStore, experiment: str, method: str) -> None:
@@ -505,8 +581,10 @@ def report(
     """Write an HTML report: AMI/purity vs layer, cross-seed ARI heatmaps, cluster galleries."""
     from services.report import write_report
 
+    opened = _open_existing(store)
+    _register_archs(opened, experiment)
     try:
-        page = write_report(_open_existing(store), experiment, out)
+        page = write_report(opened, experiment, out)
     except StoreError as exc:
         _fail(str(exc))
     console.print(f"report: {page}")
@@ -650,7 +728,7 @@ def _size(n_bytes: float) -> str:
     return f"{n_bytes:.0f} B" if power == 0 else f"{n_bytes:.1f} {units[power]}"
 
 
-BENCHMARKS = ("cluster", "consistency", "data", "metrics", "plan", "serve", "store")
+BENCHMARKS = ("cluster", "consistency", "data", "extract", "metrics", "plan", "serve", "store")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

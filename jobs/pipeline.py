@@ -20,7 +20,8 @@ import ray
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from actors.models import probe_layers
+from actors.checkpoints import experiment_checkpoints
+from actors.distributed import train_data_parallel_task
 from actors.workers import (
     ClusterUnit,
     RunPlan,
@@ -32,7 +33,7 @@ from actors.workers import (
     samples_unit_key,
 )
 from jobs.plan import check_capacity
-from jobs.spec import DatasetSpec, ExperimentSpec, SpecError, load_dataset
+from jobs.spec import ArchSpec, DatasetSpec, ExperimentSpec, SpecError, load_dataset
 from services.scoring import (
     ConsistencyUnit,
     LayerUnit,
@@ -42,6 +43,7 @@ from services.scoring import (
 )
 from storage import EmbeddingStore, StoreError, embeddings_table
 from storage import schema as S
+from storage.blobs import BlobStore
 from storage.filters import where
 
 score_clusterings_task = ray.remote(score_clusterings)
@@ -90,6 +92,8 @@ def run_experiment(
     console = console or Console(stderr=True)
     check_capacity(spec)  # refuses a spec whose largest fit cannot fit a worker, before any work
     counts = StageCounts()
+    spec.register_arch_keys()
+    check_gpus(spec, address)
     created = register_experiment(spec, store, fresh=fresh)
     init_ray(address)
     columns = (
@@ -112,9 +116,31 @@ def run_experiment(
         # file and re-running the same spec resumes.
         if created:
             store.delete_experiment(spec.experiment_id)
+            BlobStore(store).delete_tree(experiment_checkpoints(spec.experiment_id))
             store.delete_units(S.SAMPLES, new_samples)
         raise
     return counts
+
+
+def check_gpus(spec: ExperimentSpec, address: str | None) -> None:
+    """Refuse, before anything is written, a spec asking for GPUs a local Ray does not have.
+
+    A remote cluster (``address``) may add GPU nodes on demand (KubeRay
+    autoscaling), so there the request is left to Ray's scheduler.
+    """
+    r = spec.resources
+    wanted = max(r.trainer_gpus, r.worker_gpus)
+    if address is not None or wanted == 0:
+        return
+    init_ray(None)
+    have = ray.cluster_resources().get("GPU", 0)
+    if wanted > have:
+        field = "trainer_gpus" if r.trainer_gpus >= r.worker_gpus else "worker_gpus"
+        raise SpecError(
+            f"resources.{field} = {wanted:g} asks for GPUs but this machine's Ray has "
+            f"{have:g}; set resources.trainer_gpus and worker_gpus to 0 and device to auto "
+            "or cpu, or pass --address of a cluster with GPUs"
+        )
 
 
 # -- stage 0: the experiment row and the samples table ---------------------------
@@ -125,6 +151,7 @@ def register_experiment(spec: ExperimentSpec, store: EmbeddingStore, *, fresh: b
     """
     if fresh:
         store.delete_experiment(spec.experiment_id)
+        BlobStore(store).delete_tree(experiment_checkpoints(spec.experiment_id))
     rows = store.read(
         S.EXPERIMENTS, columns=["spec"], filter=where(experiment_id=spec.experiment_id)
     )
@@ -177,11 +204,13 @@ def write_samples(
 
 
 # -- stage 1: train and extract --------------------------------------------------
-def run_plan(spec: ExperimentSpec, dataset: DatasetSpec, arch: str, seed: int) -> RunPlan:
+def run_plan(spec: ExperimentSpec, dataset: DatasetSpec, arch: ArchSpec, seed: int) -> RunPlan:
     """The plan of the run that trains ``arch`` on ``dataset`` with ``seed``."""
     return RunPlan(
         experiment_id=spec.experiment_id,
-        arch=arch,
+        arch=arch.stored_key,
+        model=arch.config(),
+        probe_epochs=tuple(spec.epochs_to_probe),
         dataset=dataset.config(),
         training=spec.training.config(),
         seed=seed,
@@ -196,7 +225,7 @@ def run_plans(spec: ExperimentSpec) -> list[RunPlan]:
     """One plan per (dataset, arch, seed), in spec order."""
     return [
         run_plan(spec, *combination)
-        for combination in itertools.product(spec.datasets, spec.archs, spec.seeds)
+        for combination in itertools.product(spec.datasets, spec.arch_specs, spec.seeds)
     ]
 
 
@@ -207,18 +236,37 @@ def train_and_extract(
     done = store.committed_keys(S.RUNS)
     plans = [p for p in run_plans(spec) if p.run_id not in done]
     committed = {
-        arch: {
-            layer: store.committed_keys(embeddings_table(spec.experiment_id, arch, layer))
-            for layer in probe_layers(arch)
+        arch.stored_key: {
+            layer: store.committed_keys(
+                embeddings_table(spec.experiment_id, arch.stored_key, layer)
+            )
+            for layer in arch.probe_layers()
         }
-        for arch in spec.archs
+        for arch in spec.arch_specs
     }
+    r = spec.resources
+    if r.ddp_workers > 1 and spec.training.epochs > 0:
+        # DDP runs train first, on their process groups; their actors then extract
+        # every probe epoch from its checkpoint
+        task = train_data_parallel_task.options(num_cpus=0)
+        ddp = {
+            task.remote(
+                store,
+                plan,
+                spec.epochs_to_probe[-1],
+                workers=r.ddp_workers,
+                cpus_per_worker=r.trainer_cpus,
+                use_gpu=r.trainer_gpus > 0,
+            ): None
+            for plan in plans
+        }
+        _drain("train (DDP)", ddp, store, progress, counts)
     pending: dict[ray.ObjectRef, Callable[[], None] | None] = {}
-    threads = max(1, int(spec.resources.trainer_cpus))
+    threads = max(1, int(r.trainer_cpus))
     for plan in plans:
-        actor = TrainerActor.options(
-            num_cpus=spec.resources.trainer_cpus, num_gpus=spec.resources.trainer_gpus
-        ).remote(store, plan, threads)
+        actor = TrainerActor.options(num_cpus=r.trainer_cpus, num_gpus=r.extractor_gpus).remote(
+            store, plan, threads
+        )
         for epoch in spec.epochs_to_probe:
             missing = {
                 embedding_unit_key(plan.run_id, epoch, layer, split)
@@ -227,13 +275,13 @@ def train_and_extract(
                 if embedding_unit_key(plan.run_id, epoch, layer, split) not in keys
             }
             pending[actor.extract.remote(epoch, missing)] = None
-        pending[actor.finish.remote()] = _killer(actor)
+        pending[actor.finish.remote(spec.epochs_to_probe[-1])] = _killer(actor)
     _drain("train + extract", pending, store, progress, counts)
     if plans:
         tables = {
             embeddings_table(spec.experiment_id, p.arch, layer)
             for p in plans
-            for layer in probe_layers(p.arch)
+            for layer in spec.arch(p.arch).probe_layers()
         }
         _optimize(store, tables | {S.RUNS})
 
@@ -246,12 +294,12 @@ def _killer(actor) -> Callable[[], None]:
 def cluster_units(spec: ExperimentSpec) -> list[ClusterUnit]:
     units = []
     c = spec.clustering
-    for dataset, arch, seed in itertools.product(spec.datasets, spec.archs, spec.seeds):
+    for dataset, arch, seed in itertools.product(spec.datasets, spec.arch_specs, spec.seeds):
         plan = run_plan(spec, dataset, arch, seed)
         data = load_dataset(dataset)
         per_super = data.hierarchy.subclasses_per_superclass()
         for epoch, layer, method in itertools.product(
-            spec.epochs_to_probe, probe_layers(plan.arch), c.methods
+            spec.epochs_to_probe, arch.probe_layers(), c.methods
         ):
             units.append(
                 ClusterUnit(
@@ -333,7 +381,7 @@ def layer_units(spec: ExperimentSpec) -> list[LayerUnit]:
         )
         for p in run_plans(spec)
         for epoch in spec.epochs_to_probe
-        for layer in probe_layers(p.arch)
+        for layer in spec.arch(p.arch).probe_layers()
     ]
 
 
@@ -342,7 +390,8 @@ def consistency_units(spec: ExperimentSpec) -> list[ConsistencyUnit]:
     c = spec.clustering
     if len(spec.seeds) < 2 or not spec.metrics.consistency:
         return units
-    for dataset, arch in itertools.product(spec.datasets, spec.archs):
+    for dataset, arch_spec in itertools.product(spec.datasets, spec.arch_specs):
+        arch = arch_spec.stored_key
         dataset_id = dataset.config().dataset_id
         split = load_dataset(dataset).resolve_split(c.split)
         runs = tuple(

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from actors import models
 from actors.clustering import select_backend
 from actors.clustering.distances import condensed_bytes
 from actors.clustering.estimators import CONDENSED_MEMORY_FRACTION
@@ -53,6 +54,7 @@ THUMBNAIL_PROBES = 16  # thumbnails encoded to estimate a dataset's mean PNG siz
 CLUSTER_READ_COPIES = 3
 KMEANS_COPIES = 2  # scikit-learn's float32 working copy of X next to the input
 DEFAULT_IMAGE_SIZE = 224  # folder datasets (ImageNet) whose images are not on this machine
+CIFAR_IMAGE_SIZE = 32
 FIXED_WIDTH_BYTES = {"int32": 4, "int64": 8, "double": 8, "timestamp[us, tz=UTC]": 8}
 
 
@@ -138,7 +140,16 @@ def parse_counts(text: str) -> dict[str, int]:
     return counts
 
 
-def assumed_dataset(config: DatasetConfig, counts: dict[str, int]) -> HierarchicalDataset:
+class AssumedDataset(HierarchicalDataset):
+    """Labels of a dataset whose images are elsewhere: only its hierarchy is read."""
+
+    def input_shape(self) -> tuple[int, int, int]:
+        default = CIFAR_IMAGE_SIZE if self.config.name.startswith("cifar") else DEFAULT_IMAGE_SIZE
+        size = int(self.config.options.get("image_size", default))
+        return (self.in_channels, size, size)
+
+
+def assumed_dataset(config: DatasetConfig, counts: dict[str, int]) -> AssumedDataset:
     """A dataset with ``counts`` samples per split spread evenly over the hierarchy's subclasses.
 
     Only the hierarchy is read (no image); ``counts`` lists the training split first.
@@ -149,7 +160,7 @@ def assumed_dataset(config: DatasetConfig, counts: dict[str, int]) -> Hierarchic
         for split, n in counts.items()
     }
     splits = tuple(counts)
-    return HierarchicalDataset(config, hierarchy, subclass, splits=splits, in_channels=3)
+    return AssumedDataset(config, hierarchy, subclass, splits=splits, in_channels=3)
 
 
 @contextlib.contextmanager
@@ -165,36 +176,17 @@ def assumed_counts(counts: dict[str, int] | None) -> Iterator[None]:
         yield
 
 
-def _input_shape(data: HierarchicalDataset) -> tuple[int, ...]:
-    """(channels, height, width) of one model input, from the dataset's options or one item."""
-    size = getattr(data, "image_size", None)
-    if size is None and type(data) is HierarchicalDataset:  # assumed: images elsewhere
-        size = int(data.config.options.get("image_size", DEFAULT_IMAGE_SIZE))
-    if size is not None:
-        return (data.in_channels, size, size)
-    image, _ = data.torch_dataset(data.train_split, train=False)[0]
-    return tuple(image.shape)
+def layer_dims(arch, data: HierarchicalDataset) -> dict[str, int]:
+    """{layer: stored dimension} of ``arch`` (a :class:`jobs.spec.ArchSpec`) on ``data``.
 
-
-def layer_dims(arch: str, data: HierarchicalDataset) -> dict[str, int]:
-    """{layer: stored dimension} of ``arch`` on ``data``: one CPU forward of a zero input."""
-    import torch
-
-    from actors.models import LayerTaps, create_model
-
-    model = create_model(
-        arch, in_channels=data.in_channels, num_classes=data.hierarchy.n_superclasses
-    ).eval()
-    layers = tuple(model.probe_layers)
-    taps = LayerTaps(model, layers)
-    with torch.no_grad(), taps:
-        model(torch.zeros((2, *_input_shape(data))))
-        return {name: int(taps.outputs[name].shape[1]) for name in layers}
+    The model runs on the meta device: nothing is allocated or computed.
+    """
+    return models.layer_dims(arch.config(), data.input_shape(), data.hierarchy.n_superclasses)
 
 
 def _thumbnail_bytes(data: HierarchicalDataset) -> tuple[float, bool]:
     """(mean PNG bytes of a thumbnail, whether it was assumed rather than measured)."""
-    if type(data) is HierarchicalDataset:
+    if isinstance(data, AssumedDataset):
         return float(ASSUMED_THUMBNAIL_BYTES), True
     split = data.thumbnail_splits()[0]
     thumbs = data.thumbnail_dataset(split)
@@ -221,13 +213,6 @@ def _table(name: str, schema, rows: int, units: int, payload: float = 0.0, skip=
     fixed, strings = _row_bytes(schema, skip)
     size = rows * (fixed + strings * STRING_BYTES_PER_VALUE) + payload + units * UNIT_KEY_BYTES
     return TablePlan(name, rows, int(round(size + TABLE_FILE_BYTES)) if rows else 0)
-
-
-def _arch_name(item) -> str:
-    """An ``archs`` entry: a registered name, or a mapping/object naming one."""
-    if isinstance(item, str):
-        return item
-    return item["name"] if isinstance(item, dict) else item.name
 
 
 def _groups(data: HierarchicalDataset, split: str, scope: str) -> list[tuple[int, int]]:
@@ -293,9 +278,9 @@ def plan_experiment(
         split = data.resolve_split(c.split)
         groups = _groups(data, split, c.scope)
         members = sum(n for n, _ in groups)
-        for arch_item in spec.archs:
-            arch = _arch_name(arch_item)
-            dims = layer_dims(arch, data)
+        for arch_spec in spec.arch_specs:
+            arch = arch_spec.stored_key
+            dims = layer_dims(arch_spec, data)
             n_runs = seeds
             units["train"] += n_runs
             unit_counts[S.RUNS] += n_runs

@@ -16,12 +16,31 @@ from typing import Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from actors.clustering import METHODS
 from actors.datasets import DatasetConfig, HierarchicalDataset, build_dataset, list_datasets
-from actors.models import list_models
-from actors.training import LOSSES, TrainingConfig
+from actors.models import FLOAT_BYTES, layer_dims, model_entry
+from actors.training import LOSSES, TrainingConfig, build_model
+from jobs.archs import (
+    MAPPING_ITEM,
+    NAME_ITEM,
+    ArchItem,
+    ArchSpec,
+    as_arch,
+    register_stored_archs,
+)
+
+DEFAULT_MAX_BYTES_PER_SAMPLE = 256 * 1024
+__all__ = ["ArchSpec", "ExperimentSpec", "SpecError", "load_dataset", "register_stored_archs"]
 
 
 class SpecError(ValueError):
@@ -65,15 +84,39 @@ class DatasetSpec(_Strict):
 
 
 class TrainingSpec(_Strict):
-    """SGD with momentum on superclass labels, cosine schedule after a linear warm-up."""
+    """How each model is trained on superclass labels (``epochs: 0``: probe only)."""
 
-    epochs: int = Field(12, ge=1)
+    epochs: int = Field(
+        12, ge=0, description="0 trains nothing: the arch's weights (or its init) are probed"
+    )
     batch_size: int = Field(64, ge=1)
     lr: float = Field(0.1, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    nesterov: bool = Field(False, description="SGD with Nesterov momentum")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
     weight_decay: float = Field(5e-4, ge=0)
-    warmup_epochs: int = Field(1, ge=0)
-    loss: str = "softmax_ce"
+    warmup_epochs: int = Field(1, ge=0, description="linear warm-up, then a cosine decay")
+    loss: str = Field(
+        "softmax_ce",
+        description="softmax_ce | squared_error | sigmoid_ce | label_smoothing | cosine_softmax",
+    )
+    label_smoothing: float = Field(0.1, ge=0, lt=1, description="for loss label_smoothing")
+    cosine_temperature: float = Field(0.05, gt=0, description="for loss cosine_softmax")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the head's input")
+    ema_decay: float | None = Field(
+        None, gt=0, lt=1, description="keep an EMA of the weights (per step) and extract it"
+    )
+    bn_momentum: float | None = Field(
+        None, gt=0, le=1, description="BatchNorm momentum (1 - decay; the paper's 0.99 is 0.01)"
+    )
+    eval_batch_size: int = Field(512, ge=1, description="batch size of extraction passes")
+    checkpoint_every: int = Field(
+        1, ge=0, description="save a checkpoint every N epochs under the store root (0: never)"
+    )
+    keep_checkpoints: int = Field(
+        1, ge=0, description="newest checkpoints kept per run (besides the probe epochs')"
+    )
 
     @field_validator("loss")
     @classmethod
@@ -179,6 +222,12 @@ class StorageSpec(_Strict):
     embedding_dtype: Literal["float32", "float16"] = Field(
         "float32", description="float16 halves the bytes; reads return float32"
     )
+    max_bytes_per_sample: int | None = Field(
+        DEFAULT_MAX_BYTES_PER_SAMPLE,
+        ge=1,
+        description="refuse an arch whose probed layers would store more bytes per sample "
+        "(per epoch and split); null: no limit (`stratalens run --force` skips it too)",
+    )
 
 
 class ResourcesSpec(_Strict):
@@ -204,6 +253,45 @@ class ResourcesSpec(_Strict):
         "the built-in ones load in-process); default: trainer_cpus",
     )
 
+    trainer_workers: int | None = Field(
+        None,
+        ge=1,
+        description="processes that train one model together (DDP with Ray Train); default: "
+        "trainer_gpus when above 1 (one GPU each, NCCL), else 1; on CPUs they use gloo",
+    )
+
+    @model_validator(mode="after")
+    def _gpu(self) -> ResourcesSpec:
+        if self.trainer_gpus > 1 and self.trainer_gpus != int(self.trainer_gpus):
+            raise ValueError(
+                f"resources.trainer_gpus = {self.trainer_gpus:g} above 1 means one DDP process "
+                "per GPU, so it should be a whole number"
+            )
+        if self.ddp_workers > 1 and self.trainer_gpus not in (0, self.ddp_workers):
+            raise ValueError(
+                f"resources.trainer_workers = {self.ddp_workers} DDP processes take one GPU "
+                f"each, so trainer_gpus should be {self.ddp_workers} (or 0 to train on CPUs), "
+                f"not {self.trainer_gpus:g}"
+            )
+        if self.device == "cuda" and self.trainer_gpus == 0:
+            raise ValueError(
+                "resources.device is 'cuda' but resources.trainer_gpus is 0, and Ray hides "
+                "the GPUs from trainers that reserve none; set trainer_gpus: 1"
+            )
+        return self
+
+    @property
+    def ddp_workers(self) -> int:
+        """Processes that train one model together (1: no DDP)."""
+        if self.trainer_workers is not None:
+            return self.trainer_workers
+        return int(self.trainer_gpus) if self.trainer_gpus > 1 else 1
+
+    @property
+    def extractor_gpus(self) -> float:
+        """GPUs of the actor that extracts (and, without DDP, trains) one run."""
+        return min(1.0, self.trainer_gpus) if self.ddp_workers > 1 else self.trainer_gpus
+
     @property
     def workers(self) -> int:
         """DataLoader worker processes per trainer."""
@@ -219,7 +307,11 @@ class ExperimentSpec(_Strict):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="experiment id in the store"
     )
     datasets: list[DatasetSpec] = Field(min_length=1)
-    archs: list[str] = Field(min_length=1)
+    archs: list[ArchItem] = Field(
+        min_length=1,
+        description="models: a name (`stratalens models`) or a mapping {name, key, weights, "
+        "layers, pool, tokens, options, load_head}",
+    )
     seeds: list[int] = Field(min_length=1)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     probe_epochs: list[int] | None = Field(
@@ -232,10 +324,17 @@ class ExperimentSpec(_Strict):
 
     @field_validator("archs")
     @classmethod
-    def _archs(cls, value: list[str]) -> list[str]:
-        unknown = [a for a in value if a not in list_models()]
-        if unknown:
-            raise ValueError(f"unknown arch(s) {unknown}; choose from {list_models()}")
+    def _archs(cls, value: list[str | ArchSpec]) -> list[str | ArchSpec]:
+        for item in value:
+            if isinstance(item, str):
+                model_entry(item)
+        keys = [as_arch(item).stored_key for item in value]
+        for i, key in enumerate(keys):
+            if key in keys[:i]:
+                raise ValueError(
+                    f"archs items {keys.index(key)} and {i} are both stored as {key!r}; "
+                    "remove the repeat or give each item its own key"
+                )
         return value
 
     @field_validator("seeds")
@@ -246,11 +345,11 @@ class ExperimentSpec(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _consistent(self) -> ExperimentSpec:
+    def _consistent(self, info: ValidationInfo) -> ExperimentSpec:
         epochs = self.training.epochs
-        bad = [e for e in self.epochs_to_probe if not 1 <= e <= epochs]
+        bad = [e for e in self.epochs_to_probe if not 0 <= e <= epochs]
         if bad:
-            raise ValueError(f"probe_epochs {bad} are outside 1..training.epochs={epochs}")
+            raise ValueError(f"probe_epochs {bad} are outside 0..training.epochs={epochs}")
         ids = [d.config().dataset_id for d in self.datasets]
         if len(set(ids)) != len(ids):
             raise ValueError("datasets lists the same dataset and hierarchy twice; remove one")
@@ -261,11 +360,30 @@ class ExperimentSpec(_Strict):
                     "superclass; set clustering.scope: all"
                 )
             _check_cluster_sizes(dataset, self.clustering)
+            force = bool((info.context or {}).get("force"))
+            _check_data_parallel(self.training, self.resources)
+            _check_models(dataset, self.arch_specs, self.training, self.storage, force)
         return self
 
     @property
     def epochs_to_probe(self) -> list[int]:
-        return sorted(set(self.probe_epochs or [self.training.epochs]))
+        if self.probe_epochs:
+            return sorted(set(self.probe_epochs))
+        return [self.training.epochs]
+
+    @property
+    def arch_specs(self) -> list[ArchSpec]:
+        """Every item of ``archs`` as an :class:`ArchSpec` (a plain name has defaults)."""
+        return [as_arch(item) for item in self.archs]
+
+    def arch(self, key: str) -> ArchSpec:
+        """The item stored under arch key ``key``."""
+        return next(a for a in self.arch_specs if a.stored_key == key)
+
+    def register_arch_keys(self) -> None:
+        """Let ``actors.models.probe_layers(key)`` answer for every item's arch key."""
+        for arch in self.arch_specs:
+            arch.register()
 
     @property
     def experiment_id(self) -> str:
@@ -275,7 +393,7 @@ class ExperimentSpec(_Strict):
         return json.dumps(self.model_dump(mode="json"), sort_keys=True)
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> ExperimentSpec:
+    def from_yaml(cls, path: str | Path, *, force: bool = False) -> ExperimentSpec:
         path = Path(path)
         if not path.is_file():
             raise SpecError(f"spec file {str(path)!r} does not exist; pass the path of a YAML spec")
@@ -283,16 +401,19 @@ class ExperimentSpec(_Strict):
             data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:
             raise SpecError(f"{path} is not valid YAML ({exc}); fix the syntax") from exc
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(data, source=str(path), force=force)
 
     @classmethod
-    def from_dict(cls, data: object, *, source: str = "spec") -> ExperimentSpec:
+    def from_dict(
+        cls, data: object, *, source: str = "spec", force: bool = False
+    ) -> ExperimentSpec:
+        """Validate ``data``; ``force`` skips ``storage.max_bytes_per_sample``."""
         if not isinstance(data, dict):
             raise SpecError(
                 f"{source} should be a YAML mapping of fields, got {type(data).__name__}"
             )
         try:
-            return cls.model_validate(data)
+            return cls.model_validate(data, context={"force": force})
         except ValidationError as exc:
             raise SpecError(f"{source}: {_describe(exc)}") from None
 
@@ -301,7 +422,11 @@ def _describe(exc: ValidationError) -> str:
     """One line per problem: ``field.path: message``."""
     parts = []
     for error in exc.errors():
-        where = ".".join(str(p) for p in error["loc"])
+        where = ".".join(
+            str(p)
+            for p in error["loc"]
+            if p not in (NAME_ITEM, MAPPING_ITEM) and not str(p).startswith("function-")
+        )
         message = error["msg"].removeprefix("Value error, ")
         parts.append(f"{where}: {message}" if where else message)
     return "; ".join(parts)
@@ -362,3 +487,49 @@ def _check_cluster_sizes(dataset: DatasetSpec, clustering: ClusteringSpec) -> No
                 f"{n_samples} {split} samples of {label} in {dataset.name}/"
                 f"{dataset.hierarchy}; lower overclustering_factors"
             )
+
+
+def _check_models(
+    dataset: DatasetSpec,
+    archs: list[ArchSpec],
+    training: TrainingSpec,
+    storage: StorageSpec,
+    force: bool,
+) -> None:
+    """Each arch runs on the dataset's images, its weights fit, its layers fit the byte limit.
+
+    Models are built on the meta device: nothing is allocated or computed.
+    """
+    data = load_dataset(dataset)
+    shape = data.input_shape()
+    n_classes = data.hierarchy.n_superclasses
+    for arch in archs:
+        config = arch.config()
+        dims = layer_dims(config, shape, n_classes)
+        build_model(config, training.config(), shape=shape, num_classes=n_classes, device="meta")
+        stored = sum(dims.values()) * FLOAT_BYTES[storage.embedding_dtype]
+        limit = storage.max_bytes_per_sample
+        if limit is not None and stored > limit and not force:
+            raise ValueError(
+                f"arch {arch.stored_key!r} would store {stored:,} bytes per sample "
+                f"({len(dims)} layers of {dataset.name}/{dataset.hierarchy} images "
+                f"{shape[1]}x{shape[2]}), over storage.max_bytes_per_sample = {limit:,}; "
+                "probe fewer layers, raise the limit, or pass --force"
+            )
+
+
+def _check_data_parallel(training: TrainingSpec, resources: ResourcesSpec) -> None:
+    """DDP splits each batch evenly and hands the weights over through checkpoints."""
+    workers = resources.ddp_workers
+    if workers == 1 or training.epochs == 0:
+        return
+    if training.batch_size % workers:
+        raise ValueError(
+            f"training.batch_size = {training.batch_size} does not split evenly over "
+            f"{workers} DDP processes; make it a multiple of {workers}"
+        )
+    if training.checkpoint_every == 0:
+        raise ValueError(
+            "training.checkpoint_every is 0, but DDP runs hand their weights to extraction "
+            "through checkpoints; set it to 1 or more"
+        )

@@ -336,6 +336,9 @@ class EmbeddingStore(StoreReads, StoreVersions):
             ds = self.dataset(table)
             if ds is not None:
                 ds.delete(where(experiment_id=experiment_id))
+        pairs = self.dataset(S.PAIRS)
+        if pairs is not None and "experiment_b" in pairs.schema.names:
+            pairs.delete(where(experiment_b=experiment_id))  # compares where it is side B
         fs, base = self._filesystem()
         prefix = f"{base}/{S.EMBEDDINGS_PREFIX}/{experiment_id}"
         if fs.get_file_info(prefix).type == pafs.FileType.Directory:

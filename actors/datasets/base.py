@@ -215,6 +215,11 @@ class HierarchicalDataset:
         """int64 (n,): the ``sample_index`` each sample is stored under (default 0..n-1)."""
         return np.arange(self.num_samples(split), dtype=np.int64)
 
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images a model sees; this default reads one held-out image."""
+        image, _ = self.torch_dataset(self.heldout_split, train=False)[0]
+        return tuple(int(n) for n in image.shape)
+
     def paths(self, split: str) -> np.ndarray | None:
         """Each sample's file path relative to the dataset root, or None (no files)."""
         return None

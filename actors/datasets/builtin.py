@@ -91,6 +91,9 @@ class InMemoryDataset(HierarchicalDataset):
         )
         self.images = images
 
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(int(n) for n in self.images["train"].shape[1:])
+
     def torch_dataset(self, split: str, *, train: bool) -> ArrayImages:
         return ArrayImages(self.images[self.resolve_split(split)])
 

@@ -192,6 +192,9 @@ class CifarDataset(HierarchicalDataset):
         self.images = images
         self.image_size = size
 
+    def input_shape(self) -> tuple[int, int, int]:
+        return (3, self.image_size, self.image_size)
+
     def torch_dataset(self, split: str, *, train: bool) -> CifarImages:
         transform = image_transform(self.image_size, train=train)
         return CifarImages(self.images[self.resolve_split(split)], transform)

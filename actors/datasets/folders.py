@@ -140,6 +140,9 @@ class FolderDataset(HierarchicalDataset):
             config, hierarchy, {s: i.subclass for s, i in self.index.items()}, splits=splits
         )
 
+    def input_shape(self) -> tuple[int, int, int]:
+        return (3, self.image_size, self.image_size)
+
     def sample_index(self, split: str) -> np.ndarray:
         return self.index[self.resolve_split(split)].sample_index
 

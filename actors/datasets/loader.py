@@ -26,16 +26,23 @@ class Shuffled(Sampler[int]):
 
     One ``randperm`` per epoch, so a seed gives the same batches however the
     images are loaded (``RandomSampler`` draws a second, empty permutation per epoch).
+    With ``shard=(rank, world)`` (data-parallel training) every process draws the
+    same permutation, cut to a multiple of ``world``, and keeps every
+    ``world``-th index from ``rank``: equal, disjoint shards.
     """
 
-    def __init__(self, n: int, generator: torch.Generator | None):
+    def __init__(self, n: int, generator: torch.Generator | None, shard: tuple[int, int] = (0, 1)):
         self.n, self.generator = n, generator
+        self.rank, self.world = shard
 
     def __len__(self) -> int:
-        return self.n
+        return self.n // self.world
 
     def __iter__(self) -> Iterator[int]:
-        return iter(torch.randperm(self.n, generator=self.generator).tolist())
+        order = torch.randperm(self.n, generator=self.generator)
+        if self.world > 1:
+            order = order[: len(self) * self.world][self.rank :: self.world]
+        return iter(order.tolist())
 
 
 def loader_workers(data: HierarchicalDataset, workers: int) -> int:
@@ -52,15 +59,17 @@ def image_loader(
     workers: int = 0,
     generator: torch.Generator | None = None,
     pin_memory: bool = False,
+    shard: tuple[int, int] = (0, 1),
 ) -> DataLoader:
     """Batches ``(images float32 (B, C, H, W), positions int64 (B,))`` of ``split``.
 
     ``train=True`` shuffles with ``generator`` and applies the training transforms;
     otherwise samples come in order with the evaluation transforms. ``positions``
-    index the split's arrays (``data.subclass(split)[positions]``).
+    index the split's arrays (``data.subclass(split)[positions]``). ``shard``
+    ``(rank, world)`` gives a training process its share (see :class:`Shuffled`).
     """
     dataset = data.torch_dataset(split, train=train)
-    order = Shuffled(len(dataset), generator) if train else range(len(dataset))
+    order = Shuffled(len(dataset), generator, shard) if train else range(len(dataset))
     if data.in_memory:  # one indexing operation per batch, in this process
         return DataLoader(dataset, sampler=BatchSampler(order, batch_size, False), batch_size=None)
     n_workers = loader_workers(data, workers)

@@ -40,7 +40,7 @@ def test_defaults_and_json_schema():
         ({"clustering": {"methods": ["dbscan"]}}, "unknown clustering method"),
         ({"clustering": {"overclustering_factors": [11]}}, "outside 1..10"),
         ({"clustering": {"methods": ["kmeans"], "backend": "torch"}}, "does not run 'kmeans'"),
-        ({"training": {"epochs": 0}}, "training.epochs"),
+        ({"training": {"epochs": -1}}, "training.epochs"),
         ({"training": {"loss": "hinge"}}, "unknown loss"),
         ({"probe_epochs": [99]}, "probe_epochs"),
         ({"typo_field": 1}, "typo_field"),

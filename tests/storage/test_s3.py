@@ -1,6 +1,5 @@
 """The store on an object store: a real S3-compatible server (moto) on loopback."""
 
-import shutil
 import socket
 import subprocess
 import sys
@@ -27,8 +26,9 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def s3_endpoint():
     port = free_port()
-    server = shutil.which("moto_server")
-    command = [server] if server else [sys.executable, "-m", "moto.server"]
+    # This environment's own moto: an older `moto_server` first on PATH (5.2.1 on the
+    # development VM) fails the multipart uploads pyarrow uses for checkpoint files.
+    command = [sys.executable, "-m", "moto.server"]
     process = subprocess.Popen(
         [*command, "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,

@@ -288,3 +288,15 @@ def test_nan_in_one_parallel_slice_fails_the_unit_and_leaves_the_store_unchanged
     with pytest.raises(StoreError, match="1 embedding\\(s\\) .* contain NaN or Inf"):
         store.write_unit(TABLE, "u1", bad)
     assert store.version(TABLE) == version and store.read(TABLE).num_rows == 5
+
+
+def test_delete_experiment_removes_pairs_where_it_is_either_side(store):
+    def pair(experiment_a: str, experiment_b: str) -> dict:
+        row = {f.name: None for f in S.PAIRS_SCHEMA if f.name != S.UNIT_KEY}
+        return row | {"experiment_id": experiment_a, "experiment_b": experiment_b, "value": 1.0}
+
+    rows = [pair("a", "a"), pair("a", "b"), pair("b", "a"), pair("b", "b")]
+    store.write_unit(S.PAIRS, "u", pa.Table.from_pylist(rows, schema=S.PAIRS_SCHEMA.remove(0)))
+    store.delete_experiment("a")
+    left = store.read(S.PAIRS, columns=["experiment_id", "experiment_b"]).to_pylist()
+    assert left == [{"experiment_id": "b", "experiment_b": "b"}]
