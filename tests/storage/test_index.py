@@ -171,3 +171,24 @@ def test_ivf_pq_is_built_on_request(tmp_path):
     assert (built.index_type, built.metric) == ("IVF_PQ", "l2")
     found = nearest(store, "exp", "net", "fc", values[7], 5, metric="l2", run_id="r0")
     assert found.search == "index" and found.rows.column("sample_index")[0].as_py() == 7
+
+
+def test_stratalens_index_builds_or_names_what_is_stored(tmp_path):
+    from typer.testing import CliRunner
+
+    from jobs.cli import app
+
+    store = EmbeddingStore(str(tmp_path / "store"))
+    store.write_unit(
+        S.EXPERIMENTS, "exp", _experiment_row(S.EXPERIMENTS_SCHEMA.remove(0).empty_table())
+    )
+    write(store, clustered(500, 3), "r0")
+    command = ["index", "exp", "--arch", "net", "--store", store.root, "--partitions", "2"]
+    built = CliRunner().invoke(app, [*command, "--layer", "fc"])
+    assert built.exit_code == 0, built.output
+    assert "built IVF_HNSW_SQ (cosine) on exp/net/fc: 500 rows" in built.output
+    assert vector_index(store, "exp", "net", "fc").metric == "cosine"
+    missing = CliRunner().invoke(app, [*command, "--layer", "fc9"])
+    assert missing.exit_code == 2 and "stored layers are ['fc']" in missing.output
+    wrong = CliRunner().invoke(app, [*command, "--layer", "fc", "--metric", "dot"])
+    assert wrong.exit_code == 2 and "distance 'dot' is not one of" in wrong.output
