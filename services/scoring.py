@@ -137,10 +137,12 @@ def score_layer(store: EmbeddingStore, unit: LayerUnit) -> list[PendingUnit]:
     values: dict[tuple[str, str, str], float] = {}  # (metric, level, split) -> value
     if "ncc" in unit.metrics:
         correct, seen = dict.fromkeys(LEVELS, 0), 0
+        # classes and means are derived from the statistics: compute them once, not per batch
+        centres = {level: (stats[level].classes, stats[level].means) for level in LEVELS}
         for X, labels in _layer_batches(store, unit, heldout_split):
             seen += len(X)
             for level in LEVELS:
-                predicted = nearest_class_mean(X, stats[level].classes, stats[level].means)
+                predicted = nearest_class_mean(X, *centres[level])
                 correct[level] += int((predicted == labels[level]).sum())
         for level in LEVELS:
             values[("ncc", level, heldout_split)] = correct[level] / max(1, seen)

@@ -47,9 +47,7 @@ def image_transform(image_size: int, *, train: bool) -> v2.Compose:
 def decode_file(path: str) -> torch.Tensor:
     """uint8 (3, H, W) RGB image of a JPEG/PNG/... file; CorruptImageError if unreadable."""
     try:
-        with open(path, "rb") as f:
-            data = torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
-        return decode_image(data, mode=ImageReadMode.RGB)
+        return decode_image(path, mode=ImageReadMode.RGB)
     except (OSError, RuntimeError, ValueError) as exc:
         raise CorruptImageError(
             f"image {path} cannot be read or decoded ({str(exc).splitlines()[0]}); "
