@@ -424,6 +424,17 @@ def show(
         )
     console.print(table)
     _print_profile(opened, experiment, method)
+    _print_finding(opened, experiment)
+
+
+def _print_finding(store: EmbeddingStore, experiment: str) -> None:
+    """Print the paper's finding and its verdict when the experiment is a reproduction."""
+    from services.findings import finding, finding_lines
+
+    found = finding(store, experiment)
+    if found is not None:
+        for line in finding_lines(found):
+            console.print(line, highlight=False, markup=False)
 
 
 @app.command()

@@ -321,6 +321,20 @@ class ExperimentSpec(_Strict):
     metrics: MetricsSpec = Field(default_factory=MetricsSpec)
     storage: StorageSpec = Field(default_factory=StorageSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    study: str | None = Field(
+        None,
+        description="a reproduction (services.findings.STUDIES): the report checks the "
+        "paper's finding on this experiment",
+    )
+
+    @field_validator("study")
+    @classmethod
+    def _study(cls, value: str | None) -> str | None:
+        from services.findings import STUDIES
+
+        if value is not None and value not in STUDIES:
+            raise ValueError(f"unknown study {value!r}; choose one of {sorted(STUDIES)}")
+        return value
 
     @field_validator("archs")
     @classmethod

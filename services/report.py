@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from services.findings import finding, finding_html
 from services.gallery import cluster_gallery, gallery_html
 from services.plots import (
     consistency_figures,
@@ -147,8 +148,11 @@ def report_sections(store: EmbeddingStore, experiment_id: str, render: Render) -
         f"<p>probe epochs: {', '.join(map(str, epochs))}; seeds: "
         f"{', '.join(map(str, sorted(runs.seed.unique())))}; scores are means {scopes}, "
         "± 1 sd over seeds; no figure or table averages over epochs.</p>",
-        _runs_html(runs),
     ]
+    found = finding(store, experiment_id)
+    if found is not None:
+        sections.append(finding_html(found))
+    sections.append(_runs_html(runs))
     profile = None
     for method in methods:
         profile = _profile(metrics, runs, experiment_id, method, None)
