@@ -74,19 +74,17 @@ def add_model(entry: ModelEntry) -> None:
 
 
 def register_model(name: str, *, image_size: int = 32):
-    """Register a factory ``f(in_channels, num_classes) -> nn.Module`` under ``name``.
+    """Register a factory ``f(in_channels, num_classes, **options) -> nn.Module`` under ``name``.
 
     The module must expose ``probe_layers``: the names (``model.get_submodule``
-    paths) of the layers whose outputs are extracted, input to output.
+    paths) of the layers whose outputs are extracted, input to output. The
+    arch's ``options`` are the factory's keyword arguments (an unknown one is
+    refused by :func:`create_model`).
     """
 
     def decorator(factory):
         def build(in_channels: int, num_classes: int, image_size: int | None = None, **options):
-            if options:
-                raise ModelError(
-                    f"model {name!r} takes no options, got {sorted(options)}; remove them"
-                )
-            return factory(in_channels=in_channels, num_classes=num_classes)
+            return factory(in_channels=in_channels, num_classes=num_classes, **options)
 
         add_model(
             ModelEntry(

@@ -44,5 +44,6 @@ class SmallCNN(nn.Module):
 
 
 @register_model("small_cnn")
-def small_cnn(in_channels: int, num_classes: int) -> SmallCNN:
-    return SmallCNN(in_channels, num_classes)
+def small_cnn(in_channels: int, num_classes: int, width: int = 16) -> SmallCNN:
+    """``width``: channels of conv1 (conv2 has 2x, conv3 and conv4 4x)."""
+    return SmallCNN(in_channels, num_classes, width=width)
