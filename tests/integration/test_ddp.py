@@ -1,5 +1,10 @@
 """Data-parallel training (DDP, Ray Train's TorchTrainer, gloo on CPUs) through the pipeline."""
 
+import os
+import signal
+import time
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -12,6 +17,15 @@ from storage import schema as S
 from storage.blobs import BlobStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+REPO = Path(__file__).parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _spawned_processes_import_the_tests(monkeypatch):
+    """``spawn`` children unpickle this module's functions by name, with the parent's sys.path."""
+    monkeypatch.syspath_prepend(str(REPO))
+
+
 SPEC = {
     "name": "ddp",
     "datasets": [{"name": "digits", "hierarchy": "coarse"}],
@@ -94,3 +108,87 @@ def test_two_processes_take_the_steps_one_process_takes_on_the_whole_batch(tmp_p
     start = torch.load(str(tmp_path / "one.pt") + ".init", weights_only=True)
     moved = max((one[k] - start[k]).abs().max().item() for k in one)
     assert moved > 1e-2  # training did move the weights
+
+
+# -- a DDP run killed between epochs resumes from its checkpoint to the same weights ------
+DDP_EPOCHS = 3
+DDP_RUN = "checkpoints/ddp/run"
+
+
+def _train_with_checkpoints(rank: int, world: int, init: str, root: str) -> None:
+    import torch.distributed as dist
+
+    from actors.checkpoints import CheckpointStore
+    from actors.datasets import DatasetConfig
+    from actors.training import Trainer, TrainingConfig
+    from storage.blobs import BlobStore
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    checkpoints = CheckpointStore(
+        BlobStore(EmbeddingStore(root)), DDP_RUN, fingerprint="f", keep_last=10
+    )
+    trainer = Trainer(
+        "small_cnn",
+        DatasetConfig("shapes", "natural", options=SHAPES),
+        TrainingConfig(epochs=DDP_EPOCHS, batch_size=32, ema_decay=0.9, dropout=0.2),
+        seed=0,
+        threads=1,
+        checkpoints=checkpoints,
+        distributed=(rank, world),
+    )
+    trainer.train_to(DDP_EPOCHS)
+    dist.destroy_process_group()
+
+
+def _launch(tmp_path, root, name: str):
+    import torch.multiprocessing as mp
+
+    init = f"file://{tmp_path / name}"
+    return mp.start_processes(
+        _train_with_checkpoints,
+        args=(2, init, str(root)),
+        nprocs=2,
+        start_method="spawn",
+        join=False,
+    )
+
+
+def test_a_ddp_run_killed_between_epochs_resumes_to_the_same_weights(tmp_path):
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    _launch(tmp_path, whole, "rendezvous-whole").join()
+    first = _launch(tmp_path, killed, "rendezvous-first")
+    while not (killed / DDP_RUN / "epoch=1.pt").exists():
+        assert all(p.is_alive() for p in first.processes), "a DDP process ended early"
+        time.sleep(0.01)
+    for process in first.processes:  # what a preempted pod does to its processes
+        os.kill(process.pid, signal.SIGKILL)
+    for process in first.processes:
+        process.join(timeout=30)
+    saved = sorted(p.name for p in (killed / DDP_RUN).iterdir() if p.suffix == ".pt")
+    assert f"epoch={DDP_EPOCHS}.pt" not in saved, "killed too late to test a resume"
+    first_mtime = (killed / DDP_RUN / "epoch=1.pt").stat().st_mtime_ns
+
+    _launch(tmp_path, killed, "rendezvous-resumed").join()
+    assert (killed / DDP_RUN / "epoch=1.pt").stat().st_mtime_ns == first_mtime  # not retrained
+    a = torch.load(killed / DDP_RUN / f"epoch={DDP_EPOCHS}.pt", weights_only=True)
+    b = torch.load(whole / DDP_RUN / f"epoch={DDP_EPOCHS}.pt", weights_only=True)
+    assert a["world"] == b["world"] == 2
+    for part in ("model", "optimizer", "ema", "rng_ranks"):
+        _assert_equal(a[part], b[part], part)
+    assert len(a["rng_ranks"]) == 2
+
+
+def _assert_equal(a, b, where: str) -> None:
+    """Tensors bit-equal, containers recursively, anything else ==."""
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            _assert_equal(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_equal(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
