@@ -10,7 +10,7 @@ own module names:
   ``layer4.2``) plus the pooled features (``avgpool``);
 - VGG: every conv layer after its ReLU (``features.1`` ..), plus fc6 and fc7
   after their ReLU (``classifier.1``, ``classifier.4``; ``classifier.2``,
-  ``classifier.6`` for the ``_ln`` variants);
+  ``classifier.6`` for the ``_ln`` and ``_bn_fc`` variants);
 - ViT: the residual stream after each attention and each MLP sub-block
   (``encoder.layers.encoder_layer_0.add``, ``...add_1``, ...);
 - every other model: the input of its classification head (the penultimate
@@ -18,7 +18,9 @@ own module names:
 
 Variants registered here: ``vgg11_ln`` .. ``vgg19_ln`` (LayerNorm over
 channels after every conv and dense layer, as in the probing paper's VGG-16 +
-LayerNorm) and ``cifar_resnet18`` .. ``cifar_resnet152`` (a 3x3 stride-1 stem
+LayerNorm), ``vgg11_bn_fc`` .. ``vgg19_bn_fc`` (BatchNorm after every conv and
+dense layer, the paper's VGG-16 + BatchNorm; torchvision's own ``vgg16_bn`` has
+none on its dense layers) and ``cifar_resnet18`` .. ``cifar_resnet152`` (a 3x3 stride-1 stem
 and no max-pool, for 32 px images).
 """
 
@@ -34,7 +36,7 @@ from torchvision.models.vision_transformer import VisionTransformer
 from actors.models.registry import ModelEntry, add_model
 
 CIFAR_IMAGE_SIZE = 32
-VGG_LN_DEPTHS = {"vgg11": "A", "vgg13": "B", "vgg16": "D", "vgg19": "E"}
+VGG_NORM_DEPTHS = {"vgg11": "A", "vgg13": "B", "vgg16": "D", "vgg19": "E"}
 CIFAR_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 VIT_SHAPE_OPTIONS = ("patch_size", "num_layers", "num_heads", "hidden_dim", "mlp_dim")
 # Builders whose auxiliary heads would make training return tuples.
@@ -132,33 +134,38 @@ def _vit(name: str, num_classes: int, image_size: int, options: dict) -> nn.Modu
     return VisionTransformer(image_size=image_size, num_classes=num_classes, **config, **options)
 
 
-def _vgg_ln_features(config: list) -> nn.Sequential:
+def _vgg_norm_features(config: list, norm: str) -> nn.Sequential:
+    """VGG's conv stack with ``norm`` (``ln``: LayerNorm over channels, ``bn``) after each conv."""
     layers: list[nn.Module] = []
     channels = 3
     for v in config:
         if v == "M":
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
         else:
-            layers += [nn.Conv2d(channels, v, 3, padding=1), LayerNorm2d(v), nn.ReLU(inplace=True)]
+            normalise = LayerNorm2d(v) if norm == "ln" else nn.BatchNorm2d(v)
+            layers += [nn.Conv2d(channels, v, 3, padding=1), normalise, nn.ReLU(inplace=True)]
             channels = v
     return nn.Sequential(*layers)
 
 
-def _vgg_ln_builder(depth: str):
-    config = VGG_CONFIGS[VGG_LN_DEPTHS[depth]]
+def _vgg_norm_builder(depth: str, norm: str):
+    """VGG-``depth`` normalised (``ln`` or ``bn``) after every conv and dense layer."""
+    config = VGG_CONFIGS[VGG_NORM_DEPTHS[depth]]
+    dense_norm = nn.LayerNorm if norm == "ln" else nn.BatchNorm1d
 
     def build(
         in_channels: int, num_classes: int, image_size: int, dropout: float = 0.5
     ) -> nn.Module:
         del in_channels, image_size
-        model = models.VGG(_vgg_ln_features(config), num_classes=num_classes, dropout=dropout)
+        features = _vgg_norm_features(config, norm)
+        model = models.VGG(features, num_classes=num_classes, dropout=dropout)
         model.classifier = nn.Sequential(
             nn.Linear(512 * 7 * 7, 4096),
-            nn.LayerNorm(4096),
+            dense_norm(4096),
             nn.ReLU(inplace=True),
             nn.Dropout(p=dropout),
             nn.Linear(4096, 4096),
-            nn.LayerNorm(4096),
+            dense_norm(4096),
             nn.ReLU(inplace=True),
             nn.Dropout(p=dropout),
             nn.Linear(4096, num_classes),
@@ -200,16 +207,17 @@ def _register() -> None:
                 nhwc=name.startswith("swin"),
             )
         )
-    for depth in VGG_LN_DEPTHS:
-        add_model(
-            ModelEntry(
-                name=f"{depth}_ln",
-                family="vgg",
-                build=_vgg_ln_builder(depth),
-                default_layers=vgg_layers,
-                source="stratalens (torchvision VGG + LayerNorm)",
+    for depth in VGG_NORM_DEPTHS:
+        for suffix, norm, what in (("ln", "ln", "LayerNorm"), ("bn_fc", "bn", "BatchNorm")):
+            add_model(
+                ModelEntry(
+                    name=f"{depth}_{suffix}",
+                    family="vgg",
+                    build=_vgg_norm_builder(depth, norm),
+                    default_layers=vgg_layers,
+                    source=f"stratalens (torchvision VGG, {what} after every conv and dense)",
+                )
             )
-        )
     for name in CIFAR_RESNETS:
         add_model(
             ModelEntry(

@@ -52,6 +52,7 @@ def test_resnet_layers_are_every_block_plus_the_pooled_features(name, blocks):
         ("vgg16", "features.1", "classifier.1", "classifier.4"),
         ("vgg16_bn", "features.2", "classifier.1", "classifier.4"),
         ("vgg16_ln", "features.2", "classifier.2", "classifier.6"),
+        ("vgg16_bn_fc", "features.2", "classifier.2", "classifier.6"),
     ],
 )
 def test_vgg_layers_are_each_conv_after_its_relu_then_fc6_fc7(name, first, fc6, fc7):
@@ -70,6 +71,21 @@ def test_vgg16_ln_normalises_after_every_conv_and_dense_layer():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             assert isinstance(modules[i + 1], nn.LayerNorm), i
     assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+def test_vgg16_bn_fc_batch_normalises_after_every_conv_and_dense_layer():
+    model = ModelConfig("vgg16_bn_fc").create(in_channels=3, num_classes=5, device="meta")
+    modules = list(model.features) + list(model.classifier)
+    normalised = 0
+    for i, module in enumerate(modules[:-1]):
+        if isinstance(module, nn.Conv2d):
+            assert isinstance(modules[i + 1], nn.BatchNorm2d), i
+            normalised += 1
+        elif isinstance(module, nn.Linear):
+            assert isinstance(modules[i + 1], nn.BatchNorm1d), i
+            normalised += 1
+    assert normalised == 13 + 2
+    assert not any(isinstance(m, nn.LayerNorm) for m in model.modules())
 
 
 def test_vit_layers_are_the_residual_stream_after_each_sub_block():
