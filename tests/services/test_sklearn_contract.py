@@ -32,6 +32,7 @@ apply (``test_each_adaptation_still_applies``):
 from __future__ import annotations
 
 import ast
+import inspect
 import types
 import warnings
 from contextlib import contextmanager
@@ -248,6 +249,20 @@ def test_rebinding_changes_what_the_tests_see():
     broken = types.FunctionType(SKLEARN_MODULE.test_non_consecutive_labels.__code__, swapped)
     with pytest.raises(AssertionError):
         broken()
+
+
+# -- what scikit-learn's tests leave out: signatures, parity on random labelings, bad input --
+PUBLIC = sorted(name for name in OURS if hasattr(skc, name) and not name.startswith("_"))
+
+
+@pytest.mark.parametrize("name", PUBLIC)
+def test_signature_is_sklearns(name):
+    def parameters(function):
+        return [
+            (p.name, p.kind, p.default) for p in inspect.signature(function).parameters.values()
+        ]
+
+    assert parameters(OURS[name]) == parameters(getattr(skc, name))
 
 
 # -- what scikit-learn's tests leave out: parity on random labelings, and bad input ---------
