@@ -2,7 +2,7 @@
 
 At import this module reads ``sklearn/metrics/cluster/tests/test_supervised.py`` from
 the installed scikit-learn (no vendored copy: an upgrade brings its new tests), turns
-its imports of ``sklearn.metrics.cluster`` names into bindings of our functions
+its imports of ``sklearn.metrics`` names into bindings of our functions
 (``OURS``), executes it, and takes each of its ``test_*`` functions as a test of this
 module under the same name, parametrized as scikit-learn parametrizes it. A name that
 scikit-learn's module imports and ``OURS`` does not map stops the import: every name
@@ -48,12 +48,8 @@ from services.metrics import _validation, clustering
 
 SKLEARN_TESTS = Path(sklearn.__file__).parent / "metrics" / "cluster" / "tests"
 SKLEARN_TESTS = SKLEARN_TESTS / "test_supervised.py"
-REBOUND_MODULES = (
-    "sklearn.metrics",
-    "sklearn.metrics.cluster",
-    "sklearn.metrics.cluster._supervised",
-)
-# every name scikit-learn's test module imports from REBOUND_MODULES -> ours
+# every name imported from these modules (or modules under them) is rebound to ours
+REBOUND_PACKAGE = "sklearn.metrics"
 OURS = {
     "adjusted_mutual_info_score": clustering.adjusted_mutual_info_score,
     "adjusted_rand_score": clustering.adjusted_rand_score,
@@ -112,6 +108,10 @@ def _not_deprecated():
     assert not deprecations, [str(w.message) for w in deprecations]
 
 
+def _in_rebound_package(module: str) -> bool:
+    return module == REBOUND_PACKAGE or module.startswith(REBOUND_PACKAGE + ".")
+
+
 class _Rebind(ast.NodeTransformer):
     """Applies the rebinding of imports and rules 1 and 2; records where each applied."""
 
@@ -127,8 +127,23 @@ class _Rebind(ast.NodeTransformer):
         self.function = None
         return node
 
+    def visit_Import(self, node):
+        self._refuse_module_import([alias.name for alias in node.names])
+        return node
+
+    def _refuse_module_import(self, modules):
+        """``import sklearn.metrics`` or ``from sklearn import metrics`` would reach
+        scikit-learn's functions by attribute, past the rebinding: stop there."""
+        reached = [m for m in modules if _in_rebound_package(m)]
+        if reached:
+            raise LookupError(
+                f"{SKLEARN_TESTS} imports the module(s) {reached}, whose functions cannot "
+                "be rebound name by name; extend tests/services/test_sklearn_contract.py"
+            )
+
     def visit_ImportFrom(self, node):
-        if node.module not in REBOUND_MODULES:
+        if not _in_rebound_package(node.module or ""):
+            self._refuse_module_import([f"{node.module}.{alias.name}" for alias in node.names])
             return node
         missing = [alias.name for alias in node.names if alias.name not in OURS]
         if missing:
@@ -241,6 +256,19 @@ def test_each_adaptation_still_applies():
     assert reworded == sorted((test, pattern) for pattern, (_, test) in OUR_WORDING.items())
     assert REBIND.undeprecated == list(NOT_DEPRECATED)
     assert set(ARRAY_API_TESTS) <= set(SKLEARN_TEST_NAMES)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "from sklearn.metrics.cluster import silhouette_score",  # a name OURS lacks
+        "import sklearn.metrics.cluster",
+        "from sklearn import metrics",
+    ],
+)
+def test_an_import_that_cannot_be_rebound_stops_the_load(source):
+    with pytest.raises(LookupError):
+        _Rebind().visit(ast.parse(source))
 
 
 def test_rebinding_changes_what_the_tests_see():
