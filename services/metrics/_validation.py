@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 
@@ -15,13 +17,28 @@ def as_numpy(array) -> np.ndarray:
 
 
 def check_labelings(labels_true, labels_pred) -> tuple[np.ndarray, np.ndarray]:
-    """Two 1-d label arrays of equal length (any hashable dtype), as NumPy arrays."""
+    """Two 1-d label arrays of equal length (any hashable dtype), as NumPy arrays.
+
+    Warns (``UserWarning``, as scikit-learn's ``check_clusterings``) when a labeling holds
+    non-integer floats: those look like measurements, not cluster ids.
+    """
     labels_true, labels_pred = as_numpy(labels_true), as_numpy(labels_pred)
+    continuous = []
     for name, labels in (("labels_true", labels_true), ("labels_pred", labels_pred)):
         if labels.ndim != 1:
             raise ValueError(f"{name} should be 1-d, got shape {labels.shape}")
-        if labels.dtype.kind == "f" and not np.isfinite(labels).all():
-            raise ValueError(f"{name} contains NaN or Inf; labels must be finite")
+        if labels.dtype.kind == "f":
+            if not np.isfinite(labels).all():
+                raise ValueError(f"{name} contains NaN or Inf; labels must be finite")
+            if (labels != np.round(labels)).any():
+                continuous.append(name)
+    if continuous:
+        warnings.warn(
+            f"{' and '.join(continuous)} hold continuous values, each distinct value "
+            "counted as a label; pass discrete cluster ids",
+            UserWarning,
+            stacklevel=3,
+        )
     if labels_true.shape[0] != labels_pred.shape[0]:
         raise ValueError(
             f"labels_true has {labels_true.shape[0]} samples but labels_pred has "

@@ -1,7 +1,8 @@
 """Scores of a clustering against true labels, all from one contingency table.
 
-Names, argument order, defaults and edge cases follow ``sklearn.metrics``
-(tests check parity on random labelings). The expected mutual information of
+Names, signatures, defaults and edge cases follow ``sklearn.metrics``: scikit-learn's
+own test module for them runs against these functions
+(``tests/services/test_sklearn_contract.py``). The expected mutual information of
 AMI is exact but fast: equal label sizes are grouped, and for each pair of
 sizes a compiled loop sums the hypergeometric terms outward from the mode
 until the rest provably cannot move the sum (see ``services.metrics._emi``).
@@ -11,8 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from math import log
+from numbers import Real
 
 import numpy as np
+from scipy import sparse as sp
 
 from services.metrics._validation import as_numpy, check_labelings
 
@@ -61,6 +64,31 @@ class Contingency:
         return cls.from_cells(cells // n_b, cells % n_b, counts, n_a, n_b)
 
     @classmethod
+    def from_matrix(cls, matrix) -> Contingency:
+        """From a table of counts given whole: a 2-d array or a SciPy sparse matrix."""
+        if sp.issparse(matrix):
+            coo = sp.coo_matrix(matrix)
+            coo.sum_duplicates()
+            rows, cols, counts, shape = coo.row, coo.col, coo.data, coo.shape
+        else:
+            matrix = as_numpy(matrix)
+            if matrix.ndim != 2:
+                raise ValueError(
+                    f"contingency should be a 2-d table of counts, got shape {matrix.shape}"
+                )
+            rows, cols = np.nonzero(matrix)
+            counts, shape = matrix[rows, cols], matrix.shape
+        counts = np.asarray(counts)
+        if counts.dtype.kind not in "iub" and not (
+            np.isfinite(counts).all() and (counts == np.round(counts)).all()
+        ):
+            raise ValueError("contingency holds non-integer counts; pass counts of samples")
+        if (counts < 0).any():
+            raise ValueError("contingency holds negative counts; pass counts of samples")
+        keep = counts != 0
+        return cls.from_cells(rows[keep], cols[keep], counts[keep], shape[0], shape[1])
+
+    @classmethod
     def from_cells(cls, rows, cols, counts, n_a: int, n_b: int) -> Contingency:
         counts = np.asarray(counts, dtype=np.int64)
         return cls(
@@ -86,19 +114,62 @@ def encode(labels) -> tuple[np.ndarray, int]:
     return codes.ravel(), len(uniques)
 
 
-def contingency(labels_true, labels_pred) -> Contingency:
+def contingency_table(labels_true, labels_pred) -> Contingency:
     """The sparse contingency table of two labelings (validated)."""
     labels_true, labels_pred = check_labelings(labels_true, labels_pred)
     (a, n_a), (b, n_b) = encode(labels_true), encode(labels_pred)
     return Contingency.from_codes(a, b, n_a, n_b)
 
 
-def contingency_matrix(labels_true, labels_pred) -> np.ndarray:
-    """Counts ``C[i, j]`` of samples in class i and cluster j, int64 (n_classes, n_clusters)."""
-    return contingency(labels_true, labels_pred).dense()
+def contingency_matrix(labels_true, labels_pred, *, eps=None, sparse=False, dtype=np.int64):
+    """Counts ``C[i, j]`` of samples in class i (sorted labels) and cluster j.
+
+    Parameters
+    ----------
+    labels_true, labels_pred : array (n_samples,)
+    eps : float, optional
+        Added to every cell of the dense table (which then is float).
+    sparse : bool
+        Return a SciPy CSR matrix (``eps`` must then be None).
+    dtype : the dtype of the table (int64 unless given; eps makes it float)
+
+    Returns
+    -------
+    array (n_classes, n_clusters), or ``scipy.sparse.csr_matrix`` when ``sparse``.
+    """
+    if eps is not None and sparse:
+        raise ValueError("Cannot set 'eps' when sparse=True; pass sparse=False to add eps")
+    if eps is not None and not (isinstance(eps, Real) and eps >= 0):
+        raise ValueError(f"eps={eps!r} should be a number >= 0")
+    table = contingency_table(labels_true, labels_pred)
+    if sparse:
+        shape = (table.row_sums.size, table.col_sums.size)
+        return sp.csr_matrix((table.counts, (table.rows, table.cols)), shape=shape, dtype=dtype)
+    dense = table.dense().astype(dtype, copy=False)
+    return dense if eps is None else dense + eps
+
+
+def pair_confusion_matrix(labels_true, labels_pred) -> np.ndarray:
+    """Counts of ordered sample pairs, int64 (2, 2): ``C[i, j]`` pairs that are together in
+    the true labeling if i == 1 and in the predicted one if j == 1, as ``sklearn.metrics``."""
+    return _pair_confusion(contingency_table(labels_true, labels_pred))
 
 
 # -- entropies and mutual information ---------------------------------------------
+def entropy(labels) -> float:
+    """Entropy (nats) of a labeling; 1.0 for no labels, as sklearn's ``_entropy``."""
+    return _entropy(_label_sizes(labels))
+
+
+def _label_sizes(labels) -> np.ndarray:
+    """How many samples carry each distinct label (sorted labels): int64 (n_labels,)."""
+    labels = as_numpy(labels)
+    if labels.ndim != 1:
+        raise ValueError(f"labels should be 1-d, got shape {labels.shape}")
+    codes, n_labels = encode(labels)
+    return np.bincount(codes, minlength=n_labels)
+
+
 def _entropy(sizes: np.ndarray) -> float:
     """Entropy (nats) of a labeling given its label sizes, as sklearn's ``_entropy``."""
     sizes = sizes[sizes > 0].astype(np.float64)
@@ -112,7 +183,7 @@ def _entropy(sizes: np.ndarray) -> float:
 
 def _mutual_info(table: Contingency) -> float:
     """Mutual information (nats), computed as ``sklearn.metrics.mutual_info_score``."""
-    if table.row_sums.size == 1 or table.col_sums.size == 1:
+    if table.row_sums.size == 1 or table.col_sums.size == 1 or table.counts.size == 0:
         return 0.0
     n = float(table.counts.sum())
     nz = table.counts.astype(np.float64)
@@ -124,7 +195,32 @@ def _mutual_info(table: Contingency) -> float:
     return float(np.clip(mi.sum(), 0.0, None))
 
 
-def expected_mutual_information(row_sums, col_sums) -> float:
+def expected_mutual_information(contingency, n_samples) -> float:
+    """E[MI] of two random labelings with the marginals of ``contingency`` (hypergeometric
+    model), exact, as ``sklearn.metrics.cluster.expected_mutual_information``.
+
+    Parameters
+    ----------
+    contingency : array or SciPy sparse matrix (n_classes, n_clusters)
+        Counts of samples per class and cluster (e.g. from ``contingency_matrix``).
+    n_samples : int
+        The number of samples, the sum of ``contingency``.
+
+    Returns
+    -------
+    float
+        EMI in nats, within 2e-15 of the full hypergeometric sum (``_emi.EMI_TOLERANCE``).
+    """
+    table = Contingency.from_matrix(contingency)
+    if int(n_samples) != table.n_samples:
+        raise ValueError(
+            f"n_samples={n_samples} but the contingency table counts {table.n_samples} "
+            "samples; pass its sum"
+        )
+    return expected_mutual_information_from_sizes(table.row_sums, table.col_sums)
+
+
+def expected_mutual_information_from_sizes(row_sums, col_sums) -> float:
     """E[MI] of two random labelings with these label sizes (hypergeometric model), exact.
 
     Parameters
@@ -176,7 +272,7 @@ def _ami(
         return 0.0
     mi = _mutual_info(table)
     if emi is None:
-        emi = expected_mutual_information(table.row_sums, table.col_sums)
+        emi = expected_mutual_information_from_sizes(table.row_sums, table.col_sums)
     normalizer = _average(_entropy(table.row_sums), _entropy(table.col_sums), average_method)
     denominator = normalizer - emi
     denominator = min(denominator, -_EPS) if denominator < 0 else max(denominator, _EPS)
@@ -212,6 +308,25 @@ def _ari(table: Contingency) -> float:
     if maximum == expected:
         return 1.0
     return (sum_cells - expected) / (maximum - expected)
+
+
+def _pair_confusion(table: Contingency) -> np.ndarray:
+    n = np.int64(table.n_samples)
+    sum_squares = np.dot(table.counts, table.counts)
+    together_true = np.dot(table.row_sums, table.row_sums) - sum_squares
+    together_pred = np.dot(table.col_sums, table.col_sums) - sum_squares
+    pairs = np.empty((2, 2), dtype=np.int64)
+    pairs[1, 1] = sum_squares - n
+    pairs[0, 1] = together_pred
+    pairs[1, 0] = together_true
+    pairs[0, 0] = n * n - together_pred - together_true - sum_squares
+    return pairs
+
+
+def _rand(table: Contingency) -> float:
+    pairs = _pair_confusion(table)
+    agree, total = int(pairs[0, 0] + pairs[1, 1]), int(pairs.sum())
+    return 1.0 if agree == total or total == 0 else agree / total
 
 
 def _homogeneity_completeness_v(
@@ -265,7 +380,7 @@ def adjusted_mutual_info_score(
 ) -> float:
     """Mutual information adjusted for chance (exact EMI), as ``sklearn.metrics``."""
     _average(0.0, 0.0, average_method)
-    return _ami(contingency(labels_true, labels_pred), average_method)
+    return _ami(contingency_table(labels_true, labels_pred), average_method)
 
 
 def normalized_mutual_info_score(
@@ -273,22 +388,36 @@ def normalized_mutual_info_score(
 ) -> float:
     """Mutual information normalised by a mean of the entropies, as ``sklearn.metrics``."""
     _average(0.0, 0.0, average_method)
-    return _nmi(contingency(labels_true, labels_pred), average_method)
+    return _nmi(contingency_table(labels_true, labels_pred), average_method)
 
 
-def mutual_info_score(labels_true, labels_pred) -> float:
-    """Mutual information in nats."""
-    return _mutual_info(contingency(labels_true, labels_pred))
+def mutual_info_score(labels_true, labels_pred, *, contingency=None) -> float:
+    """Mutual information in nats; from ``contingency`` (a 2-d table of counts, dense or
+    SciPy sparse) when given, and the labels are then ignored."""
+    if contingency is not None:
+        return _mutual_info(Contingency.from_matrix(contingency))
+    return _mutual_info(contingency_table(labels_true, labels_pred))
+
+
+def rand_score(labels_true, labels_pred) -> float:
+    """Fraction of sample pairs on which the two labelings agree (together or apart)."""
+    return _rand(contingency_table(labels_true, labels_pred))
 
 
 def adjusted_rand_score(labels_true, labels_pred) -> float:
     """Rand index adjusted for chance (Hubert & Arabie)."""
-    return _ari(contingency(labels_true, labels_pred))
+    return _ari(contingency_table(labels_true, labels_pred))
 
 
 def homogeneity_completeness_v_measure(labels_true, labels_pred, *, beta: float = 1.0):
-    """(homogeneity, completeness, V-measure) in one pass."""
-    return _homogeneity_completeness_v(contingency(labels_true, labels_pred), beta)
+    """(homogeneity, completeness, V-measure) in one pass; ``beta`` weighs completeness."""
+    _check_beta(beta)
+    return _homogeneity_completeness_v(contingency_table(labels_true, labels_pred), beta)
+
+
+def _check_beta(beta) -> None:
+    if isinstance(beta, bool) or not isinstance(beta, Real) or not beta >= 0:
+        raise ValueError(f"beta={beta!r} should be a number >= 0")
 
 
 def homogeneity_score(labels_true, labels_pred) -> float:
@@ -300,16 +429,17 @@ def completeness_score(labels_true, labels_pred) -> float:
 
 
 def v_measure_score(labels_true, labels_pred, *, beta: float = 1.0) -> float:
+    """Weighted harmonic mean of homogeneity and completeness (``beta`` weighs completeness)."""
     return homogeneity_completeness_v_measure(labels_true, labels_pred, beta=beta)[2]
 
 
 def fowlkes_mallows_score(labels_true, labels_pred) -> float:
-    return _fowlkes_mallows(contingency(labels_true, labels_pred))
+    return _fowlkes_mallows(contingency_table(labels_true, labels_pred))
 
 
 def purity_score(labels_true, labels_pred) -> float:
     """Accuracy of labelling each cluster with its most frequent true class."""
-    return _purity(contingency(labels_true, labels_pred))
+    return _purity(contingency_table(labels_true, labels_pred))
 
 
 def clustering_scores(
@@ -321,5 +451,5 @@ def clustering_scores(
         raise ValueError(
             f"unknown clustering metric(s) {unknown}; choose from {sorted(SCORES_FROM_CONTINGENCY)}"
         )
-    table = contingency(labels_true, labels_pred)
+    table = contingency_table(labels_true, labels_pred)
     return {m: SCORES_FROM_CONTINGENCY[m](table) for m in metrics}
