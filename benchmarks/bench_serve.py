@@ -22,7 +22,10 @@ a mixture of 200 Gaussian clusters) and a metrics table, on 127.0.0.1. In one ru
   and the same two searches over HTTP (``neighbors_http_*``).
 
 Usage: python benchmarks/bench_serve.py [--json] [--quick] [--n N] [--d D] [--clients C]
-[--seconds S] [--queries Q] [--workers W]
+[--seconds S] [--queries Q] [--workers W] [--ray R]
+
+With ``--ray R`` the service runs as a Ray Serve deployment of R replicas (``stratalens
+serve --ray``, a local Ray) and only the metrics load is measured (``metrics_*``).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -58,7 +62,7 @@ TAKE_REQUESTS = 50  # latency samples of the 1,000-row fetch
 TAKE_ROWS = 1_000
 K = 10
 SEARCH_BLOCK = 10  # exact and indexed searches alternate in blocks of this many queries
-SERVER_START_S = 90
+SERVER_START_S = 240  # Ray Serve on a loaded 2-core machine took minutes to start
 METRIC_LAYERS = 20  # the metrics table: layers x seeds x scopes x metrics rows
 METRIC_SEEDS = 10
 METRIC_SCOPES = 25
@@ -126,8 +130,11 @@ def make_store(root: Path, n: int, d: int, rng: np.random.Generator) -> np.ndarr
     return X
 
 
-def start_server(root: Path, workers: int, log: Path) -> tuple[subprocess.Popen, str]:
-    """``stratalens serve`` (uvicorn) serving ``root`` on a free port of 127.0.0.1."""
+def start_server(
+    root: Path, workers: int, log: Path, ray_replicas: int = 0
+) -> tuple[subprocess.Popen, str]:
+    """``stratalens serve`` (uvicorn, or Ray Serve with ``ray_replicas``) serving ``root``
+    on a free port of 127.0.0.1."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -135,6 +142,8 @@ def start_server(root: Path, workers: int, log: Path) -> tuple[subprocess.Popen,
     env.pop("STRATALENS_TOKEN", None)
     command = [sys.executable, "-m", "jobs.cli", "serve", "--store", str(root)]
     command += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
+    if ray_replicas:
+        command += ["--ray", "--replicas", str(ray_replicas)]
     with log.open("w") as out:
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=out)
     url = f"http://127.0.0.1:{port}"
@@ -327,9 +336,19 @@ def bench_neighbors(
     }
 
 
+def stop_server(process: subprocess.Popen) -> None:
+    """Interrupt the server (Ray Serve then shuts Serve and its local Ray down) and wait."""
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        process.terminate()
+        process.wait(timeout=30)
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(
-        __doc__, argv, n=50_000, d=512, clients=32, seconds=30, queries=100, workers=1
+        __doc__, argv, n=50_000, d=512, clients=32, seconds=30, queries=100, workers=1, ray=0
     )
     if args.quick:
         args.n, args.d, args.seconds, args.queries = 4_000, 64, 2, 10
@@ -342,21 +361,24 @@ def main(argv: list[str] | None = None) -> dict:
 
         # as the service opens it: one Lance session keeps indices and metadata cached
         store = EmbeddingStore(str(root / "store"), session=lance.Session())
-        process, url = start_server(root / "store", args.workers, root / "server.log")
+        process, url = start_server(root / "store", args.workers, root / "server.log", args.ray)
         results: dict = {
             "n": args.n,
             "d": args.d,
             "cores": os.cpu_count(),
             "server_workers": args.workers,
+            "ray_serve_replicas": args.ray,
         }
+        if args.ray:  # the service's throughput under Ray Serve: the metrics load alone
+            results |= bench_metrics(url, args.clients, args.seconds)
+            return report(results, args.json)
         with httpx.Client(base_url=url, timeout=120) as client:
             results |= bench_layer_and_take(store, url, args.n, args.d, rng)
             results |= bench_metrics(url, args.clients, args.seconds)
             results |= bench_neighbors(store, client, X, args.queries, rng)
     finally:
         if process is not None:
-            process.terminate()
-            process.wait(timeout=30)
+            stop_server(process)
         shutil.rmtree(root, ignore_errors=True)
     return report(results, args.json)
 
