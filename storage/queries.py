@@ -159,6 +159,8 @@ def layer_rows(
     Streams ``QUERY_BATCH_BYTES`` at a time; ``limit`` and ``offset`` count matching
     rows in table order (that of :meth:`EmbeddingStore.embeddings`). Without ``count``
     the rows are not counted first (one index lookup less); ``rows`` is then None.
+    Rows named by ``sample_index`` are found through the scalar index and taken by row
+    id (:func:`_taken`), and always counted.
     """
     check_layer(store, experiment_id, arch, layer)
     ds = store.layer_dataset(experiment_id, arch, layer)
