@@ -5,7 +5,8 @@ layer table (``stratalens index``); ``nearest`` answers the k nearest rows of a
 layer to a vector, through that index when one answers the asked distance and
 with an exact scan (Lance's flat search: every matching vector, bounded memory)
 otherwise, and says which it used. Filters (run, epoch, split) are applied
-before the search, so the k rows all match them.
+before the search, so the k rows all match them (and left out when every row of
+the layer matches them).
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ MAX_K = 1_000
 INDEX_INFO_ENTRIES = 256  # (table, version) pairs whose vector index is remembered
 _INDEX_INFO: OrderedDict[tuple[str, int], VectorIndex | None] = OrderedDict()
 _INDEX_INFO_LOCK = threading.Lock()
+# (table, version, filter) -> whether the filter matches every row of that version
+_EVERY_ROW: OrderedDict[tuple[str, int, str], bool] = OrderedDict()
 NEIGHBOR_COLUMNS = ["run_id", "dataset_id", "seed", "epoch", "split", "sample_index"] + [
     "subclass",
     "superclass",
@@ -148,6 +151,26 @@ def _vector_index(ds: lance.LanceDataset) -> VectorIndex | None:
     return found
 
 
+def _matches_every_row(ds: lance.LanceDataset, filter: str) -> bool:
+    """Whether every row of this version of ``ds`` matches ``filter`` (two indexed counts,
+    remembered per table, version and filter).
+
+    A layer usually holds one run at one epoch and split, which is what a neighbour query
+    is scoped to; the search then needs no prefilter, which took a third of the time
+    of an indexed search and of an exact scan of a 50,000 x 512 layer.
+    """
+    key = (ds.uri, ds.version, filter)
+    with _INDEX_INFO_LOCK:
+        if key in _EVERY_ROW:
+            return _EVERY_ROW[key]
+    every = ds.count_rows(filter=filter) == ds.count_rows()
+    with _INDEX_INFO_LOCK:
+        _EVERY_ROW[key] = every
+        while len(_EVERY_ROW) > INDEX_INFO_ENTRIES:
+            _EVERY_ROW.popitem(last=False)
+    return every
+
+
 def _read_vector_index(ds: lance.LanceDataset) -> VectorIndex | None:
     for index in ds.list_indices():
         if index["fields"] == [S.EMBEDDING]:
@@ -205,11 +228,14 @@ def nearest(
         }
     else:
         search["use_index"] = False
+    filter = where(**conditions)
+    if filter is not None and _matches_every_row(ds, filter):
+        filter = None  # the same rows, without a prefilter pass over the layer
     rows = ds.to_table(
         columns=[*NEIGHBOR_COLUMNS, "_distance"],
         nearest=search,
-        filter=where(**conditions),
-        prefilter=True,
+        filter=filter,
+        prefilter=filter is not None,
     )
     rows = rows.rename_columns([*NEIGHBOR_COLUMNS, "distance"])
     return Neighbors(rows, "index" if use_index else "exact", metric, index, reason)

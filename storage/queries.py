@@ -26,6 +26,7 @@ from storage.tables import StoreError
 QUERY_BATCH_BYTES = 1 << 20
 # Estimated bytes of the key columns of one row, added to its vector when sizing batches.
 KEY_COLUMN_BYTES = 64
+ROW_ID = "_rowid"  # Lance's row id column (the row's address: no stable row ids here)
 # Columns an embeddings query answers with by default: the keys and the vector.
 EMBEDDING_COLUMNS = [
     "run_id",
@@ -158,11 +159,15 @@ def layer_rows(
     Streams ``QUERY_BATCH_BYTES`` at a time; ``limit`` and ``offset`` count matching
     rows in table order (that of :meth:`EmbeddingStore.embeddings`). Without ``count``
     the rows are not counted first (one index lookup less); ``rows`` is then None.
+    Rows named by ``sample_index`` are found through the scalar index and taken by row
+    id (:func:`_taken`), and always counted.
     """
     check_layer(store, experiment_id, arch, layer)
     ds = store.layer_dataset(experiment_id, arch, layer)
     columns = columns or EMBEDDING_COLUMNS
     row_bytes = ds.schema.field(S.EMBEDDING).type.list_size * 4 + KEY_COLUMN_BYTES
+    if conditions.get("sample_index") is not None:  # named rows: index lookup, then take
+        return _taken(ds, columns, where(**conditions), row_bytes, limit, offset)
     return _stream(store, ds, columns, where(**conditions), row_bytes, limit, offset, count)
 
 
@@ -235,6 +240,57 @@ def thumbnail(store: StoreReads, dataset_id: str, split: str, sample_index: int)
     return png
 
 
+def _taken(
+    ds: lance.LanceDataset,
+    columns: list[str],
+    filter: str,
+    row_bytes: int,
+    limit: int | None,
+    offset: int,
+) -> RowStream:
+    """The rows of ``ds`` that match ``filter``, ``limit`` after ``offset``, for filters that
+    name a few rows (``sample_index IN (...)``): their row ids come from the scalar
+    indices alone (no column is read), then Lance takes just those rows, in table order.
+
+    1,000 random rows of a 50,000 x 512 layer: 1.9 ms for the ids and 8 ms for the take,
+    where a filtered scan of the same rows took 12-16 ms (2 cores). The count is free.
+    """
+    _check_columns(ds, columns)
+    schema = pa.schema([ds.schema.field(name) for name in columns])
+    found = ds.to_table(columns=[], filter=filter, with_row_id=True).column(ROW_ID)
+    ids = _in_table_order(ds, found.to_numpy())
+    ids = ids[offset : None if limit is None else offset + limit]
+    rows_per_batch = max(1, QUERY_BATCH_BYTES // row_bytes)
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for start in range(0, len(ids), rows_per_batch):
+            # the ids were just read from this version's indices: no deleted row among them
+            taken = ds._take_rows(pa.array(ids[start : start + rows_per_batch]), columns)
+            yield from taken.to_batches()
+
+    return RowStream(schema, len(ids), batches())
+
+
+def _in_table_order(ds: lance.LanceDataset, ids: np.ndarray) -> np.ndarray:
+    """Row ids (fragment id << 32 | row offset) sorted as a scan returns the rows: by the
+    fragment's place in the manifest (the order a scan reads them in, along which the
+    ids need not ascend), then by offset."""
+    fragments = np.array([f.fragment_id for f in ds.get_fragments()], dtype=np.uint64)
+    by_id = np.argsort(fragments)
+    place = np.empty(len(fragments), dtype=np.uint64)
+    place[by_id] = np.arange(len(fragments), dtype=np.uint64)
+    ids = ids.astype(np.uint64, copy=False)
+    fragment_place = place[by_id][np.searchsorted(fragments[by_id], ids >> np.uint64(32))]
+    keys = (fragment_place << np.uint64(32)) | (ids & np.uint64(0xFFFFFFFF))
+    return ids[np.argsort(keys, kind="stable")]
+
+
+def _check_columns(ds: lance.LanceDataset, columns: list[str]) -> None:
+    missing = [c for c in columns if c not in ds.schema.names]
+    if missing:
+        raise StoreError(f"columns {missing} are not in the table; it has {ds.schema.names}")
+
+
 def _stream(
     store: StoreReads,
     ds: lance.LanceDataset,
@@ -246,9 +302,7 @@ def _stream(
     count: bool = True,
 ) -> RowStream:
     """The rows of one dataset version that match, ``limit`` after ``offset``."""
-    missing = [c for c in columns if c not in ds.schema.names]
-    if missing:
-        raise StoreError(f"columns {missing} are not in the table; it has {ds.schema.names}")
+    _check_columns(ds, columns)
     schema = pa.schema([ds.schema.field(name) for name in columns])
     rows = None
     if count:

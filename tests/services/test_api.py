@@ -5,6 +5,7 @@ import io
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pytest
 from fastapi.testclient import TestClient
@@ -126,9 +127,16 @@ def test_embeddings_by_sample_index_limit_offset_and_formats(client, store):
     got = arrow_table(picked.content)
     assert sorted(got.column("sample_index").to_pylist()) == [2, 2, 7, 11]  # test and train
     assert set(got.column("split").to_pylist()) == {"test", "train"}
+    assert int(picked.headers["x-row-count"]) == 4  # taken by row id: counted for free
     everything = store.embeddings(
         "exp", "small_cnn", "conv1", seed=0, dataset_id="ds-a", epoch=1
     ).drop_columns(["unit_key"])
+    in_order = everything.filter(pc.is_in(everything["sample_index"], pa.array([2, 7, 11])))
+    assert got.equals(in_order.select(got.schema.names))  # in table order, as a scan
+    named_page = client.get(
+        f"{URL}/embeddings", params=base | {"sample_index": "7,2,11", "limit": 2, "offset": 1}
+    )
+    assert arrow_table(named_page.content).equals(in_order.slice(1, 2).select(got.schema.names))
     paged = arrow_table(
         client.get(f"{URL}/embeddings", params=base | {"limit": 5, "offset": 4}).content
     )

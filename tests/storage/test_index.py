@@ -6,7 +6,7 @@ import pytest
 
 from storage import EmbeddingStore, StoreError, embeddings_table
 from storage import schema as S
-from storage.index import build_index, nearest, row_vector, vector_index
+from storage.index import _matches_every_row, build_index, nearest, row_vector, vector_index
 from storage.queries import NotFoundError
 
 TABLE = embeddings_table("exp", "net", "fc")
@@ -81,6 +81,24 @@ def test_exact_search_equals_brute_force_within_the_filter(layer, metric):
         found.rows.column("distance").to_numpy(), distance, rtol=1e-4, atol=1e-5
     )
     assert set(found.rows.column("run_id").to_pylist()) == {"r0"}
+
+
+def test_a_filter_every_row_matches_drops_the_prefilter_and_not_the_rows(layer, tmp_path):
+    store, values = layer
+    assert not _matches_every_row(store.layer_dataset("exp", "net", "fc"), "run_id = 'r0'")
+    alone = EmbeddingStore(str(tmp_path / "store"))
+    alone.write_unit(
+        S.EXPERIMENTS, "exp", _experiment_row(S.EXPERIMENTS_SCHEMA.remove(0).empty_table())
+    )
+    write(alone, values["r1"], "r1")
+    ds = alone.layer_dataset("exp", "net", "fc")
+    assert _matches_every_row(ds, "run_id = 'r1' AND epoch = 1")
+    query = values["r1"][3] + 0.01
+    found = nearest(alone, "exp", "net", "fc", query, 10, exact=True, run_id="r1", epoch=1)
+    order, _ = brute_force(values["r1"], query, 10, "cosine")
+    assert found.rows.column("sample_index").to_pylist() == order.tolist()
+    none = nearest(alone, "exp", "net", "fc", query, 10, exact=True, run_id="r1", epoch=2)
+    assert none.rows.num_rows == 0  # a filter no row matches still filters
 
 
 def test_an_index_answers_its_metric_with_high_recall(layer):
