@@ -93,7 +93,7 @@ def _one_model(rows, arch: str, prefix: str) -> tuple[list[Measured], bool]:
             Measured.of(f"{prefix}NCC {level}, {deepest}, epoch {end}", after),
             Measured.of(f"{prefix}NCC {level}, {first_layer}, epoch {end}", shallow),
         ]
-        holds = holds and bool((after > before).all()) and after.mean() > shallow.mean()
+        holds = holds and bool((after > before).all() and after.mean() > shallow.mean())
         cdnv = f"cdnv_{level}"
         if cdnv in set(rows.metric):
             for epoch in (start, end):
