@@ -8,7 +8,9 @@
   ``label_smoothing`` (default 0.1);
 - ``cosine_softmax``: softmax cross-entropy on the cosine similarities of the
   features and the class weights, divided by a temperature (the head becomes
-  a :class:`CosineLinear`, without bias).
+  a :class:`CosineLinear`, without bias);
+- ``supcon``, ``vicreg``, ``simclr``: two augmented views of each image through a
+  projector head (:mod:`actors.ssl`); ``vicreg`` and ``simclr`` use no label.
 
 Dropout before the head (``dropout`` > 0) is a forward pre-hook on the head,
 so the model's module names and state_dict keys stay torchvision's.
@@ -24,8 +26,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from actors.models import ModelError, head_name
+from actors.ssl import TWO_VIEW_LOSSES
 
-LOSSES = ("softmax_ce", "squared_error", "sigmoid_ce", "label_smoothing", "cosine_softmax")
+HEAD_LOSSES = ("softmax_ce", "squared_error", "sigmoid_ce", "label_smoothing", "cosine_softmax")
+LOSSES = (*HEAD_LOSSES, *TWO_VIEW_LOSSES)
 DEFAULT_LABEL_SMOOTHING = 0.1
 DEFAULT_COSINE_TEMPERATURE = 0.05
 
@@ -61,6 +65,8 @@ def loss_function(
         return lambda logits, y: F.cross_entropy(logits, y, label_smoothing=label_smoothing)
     if name in ("softmax_ce", "cosine_softmax"):
         return F.cross_entropy
+    if name in TWO_VIEW_LOSSES:
+        raise ValueError(f"loss {name!r} compares two views: use actors.ssl.two_view_loss")
     raise ValueError(f"unknown loss {name!r}; choose one of {list(LOSSES)}")
 
 

@@ -1,5 +1,11 @@
 """Train a model on superclass labels (or take given weights) and extract its probed layers.
 
+The two-view losses (``vicreg``, ``simclr``: no labels; ``supcon``) train the
+backbone and a projector on two augmented views of each image (:mod:`actors.ssl`);
+the classification head then stays untrained, so a run's "accuracy" is the
+nearest-class-centre accuracy of the superclasses on the head's input (the
+penultimate features), class centres from the training split.
+
 Pure torch: no Ray here. :class:`actors.workers.TrainerActor` wraps
 :class:`Trainer` so each (model, seed) trains in its own Ray actor, and a
 notebook user can drive the same class directly.
@@ -37,6 +43,17 @@ from actors.losses import (
 )
 from actors.models import FeatureReader, ModelConfig, check_layers, load_weights
 from actors.optim import ModelEma, build_optimizer, cosine_warmup_scale
+from actors.ssl import (
+    TWO_VIEW_LOSSES,
+    SslConfig,
+    TwoViewModel,
+    TwoViews,
+    batched_view,
+    penultimate_features,
+    penultimate_head,
+    two_view_loss,
+    view_transform,
+)
 
 EVAL_BATCH_SIZE = 512
 __all__ = ["EVAL_BATCH_SIZE", "LOSSES", "Trainer", "TrainingConfig", "select_device"]
@@ -67,6 +84,7 @@ class TrainingConfig:
     weights file, if any). ``ema_decay`` keeps an EMA of the weights, which is
     then what gets extracted. ``checkpoint_every`` epochs (0: never) the state
     is saved; ``keep_checkpoints`` newest ones are kept (plus the probe epochs').
+    ``ssl`` sets up the two-view losses (projector, weights, augmentations).
     """
 
     epochs: int = 10
@@ -87,6 +105,15 @@ class TrainingConfig:
     eval_batch_size: int = EVAL_BATCH_SIZE
     checkpoint_every: int = 1
     keep_checkpoints: int = 1
+    ssl: SslConfig = SslConfig()
+
+    def __post_init__(self):
+        if isinstance(self.ssl, dict):
+            object.__setattr__(self, "ssl", SslConfig(**self.ssl))
+
+    @property
+    def two_view(self) -> bool:
+        return self.loss in TWO_VIEW_LOSSES
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -122,6 +149,8 @@ def build_model(
     )
     if training.loss == "cosine_softmax":
         use_cosine_head(model, config.name, training.cosine_temperature)
+    if training.two_view:
+        penultimate_head(model, config.name, training.loss)
     if config.weights:
         load_weights(model, config)
     if training.dropout > 0:
@@ -205,17 +234,25 @@ class Trainer:
             torch.backends.cudnn.benchmark = True
             self.model = self.model.to(memory_format=torch.channels_last)
         self._train_model = self.model
+        self._two_view = None
+        if training.two_view:  # backbone + projector; the head gets no gradient
+            self._two_view = TwoViewModel(
+                self.model, self.config.name, training.loss, training.ssl.projector
+            ).to(self.device)
+            self._train_model = self._two_view
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.device.index] if self._cuda and self.device.index is not None else None
-            self._train_model = DistributedDataParallel(self.model, device_ids=ids)
+            self._train_model = DistributedDataParallel(
+                self._train_model, device_ids=ids, find_unused_parameters=training.two_view
+            )
         self._batch_size = training.batch_size // self.world
         self.epoch = 0
         self.train_seconds = 0.0
         self._generator = torch.Generator().manual_seed(seed)
         self._optimizer = build_optimizer(
-            self.model,
+            self.model if self._two_view is None else self._two_view,
             training.optimizer,
             lr=training.lr,
             momentum=training.momentum,
@@ -228,12 +265,15 @@ class Trainer:
             if training.ema_decay and training.epochs > 0
             else None
         )
-        self._loss = loss_function(training.loss, label_smoothing=training.label_smoothing)
+        self._loss = None
+        if not training.two_view:
+            self._loss = loss_function(training.loss, label_smoothing=training.label_smoothing)
         self._superclass_of = torch.as_tensor(self.data.hierarchy.superclass_of)
         self._steps_per_epoch = math.ceil(
             self.data.num_samples(self.data.train_split) // self.world / self._batch_size
         )
         self._accuracy: dict[tuple[int, str], float] = {}  # (epoch, split) -> superclass acc.
+        self._ncc_centres: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # two-view losses
         self._readers: dict[tuple[int, tuple[str, ...]], FeatureReader] = {}
 
     @property
@@ -246,6 +286,10 @@ class Trainer:
         return self._ema.module if self._ema is not None else self.model
 
     def _loader(self, split: str, *, train: bool, batch_size: int):
+        transform = None
+        if train and self.training.two_view and not self.data.in_memory:
+            size = self.data.input_shape()[1]
+            transform = TwoViews(view_transform(size, self.training.ssl))
         return image_loader(
             self.data,
             split,
@@ -255,6 +299,7 @@ class Trainer:
             generator=self._generator if train else None,
             pin_memory=self._cuda,
             shard=(self.rank, self.world) if train else (0, 1),
+            transform=transform,
         )
 
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
@@ -288,7 +333,7 @@ class Trainer:
                 self._set_lr(self.epoch * self._steps_per_epoch + step)
                 y = self._superclass_of[subclass[positions]].to(self.device, non_blocking=True)
                 with self._autocast():
-                    loss = self._loss(self._train_model(self._to_device(x)), y)
+                    loss = self._batch_loss(x, y)
                 self._optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self._optimizer.step()
@@ -298,6 +343,22 @@ class Trainer:
             self.train_seconds += time.perf_counter() - start
             self._save_checkpoint()
         return self.epoch
+
+    def _batch_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self._loss is not None:
+            return self._loss(self._train_model(self._to_device(x)), y)
+        first, second = self.views(x)
+        z = self._train_model(self._to_device(torch.cat([first, second])))
+        z_a, z_b = z.chunk(2)
+        return two_view_loss(self.training.loss, z_a, z_b, y, self.training.ssl)
+
+    def views(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two views of a training batch: made by the loader's workers (B, 2, C, H, W)
+        for file datasets, drawn here from the loader's generator for in-memory ones."""
+        if x.ndim == 5:
+            return x[:, 0], x[:, 1]
+        config = self.training.ssl
+        return batched_view(x, self._generator, config), batched_view(x, self._generator, config)
 
     def _save_checkpoint(self) -> None:
         every = self.training.checkpoint_every
@@ -329,6 +390,7 @@ class Trainer:
             "epoch": self.epoch,
             "arch": self.config.name,
             "model": self.model.state_dict(),
+            "projector": None if self._two_view is None else self._two_view.projector.state_dict(),
             "optimizer": self._optimizer.state_dict(),
             "ema": None if self._ema is None else self._ema.state_dict(),
             "schedule": {
@@ -344,6 +406,8 @@ class Trainer:
     def load_state_dict(self, state: dict) -> None:
         """Continue from a :meth:`state_dict` (a checkpoint)."""
         self.model.load_state_dict(state["model"])
+        if self._two_view is not None:
+            self._two_view.projector.load_state_dict(state["projector"])
         self._optimizer.load_state_dict(state["optimizer"])
         if self._ema is not None and state.get("ema") is not None:
             self._ema.load_state_dict(state["ema"])
@@ -358,8 +422,14 @@ class Trainer:
 
     @torch.no_grad()
     def accuracy(self, split: str) -> float:
-        """Superclass accuracy on ``split`` (remembered from an extraction at this epoch)."""
+        """Superclass accuracy on ``split`` (remembered from an extraction at this epoch).
+
+        With a two-view loss the head is untrained: this is the nearest-class-centre
+        accuracy of the superclasses on the penultimate features instead.
+        """
         split = self.data.resolve_split(split)
+        if self.training.two_view:
+            return self.ncc_accuracy(split)
         if (self.epoch, split) not in self._accuracy:
             for _ in self.iter_layer_chunks(split, (), self.training.eval_batch_size):
                 pass
@@ -409,7 +479,48 @@ class Trainer:
                 held, outputs = [], {name: [] for name in layers}
         if held:
             yield np.concatenate(held), {n: np.concatenate(v) for n, v in outputs.items()}
+        if not self.training.two_view:
+            self._accuracy[(self.epoch, split)] = correct / max(1, seen)
+
+    def _penultimate_batches(self, split: str):
+        """(float32 (B, d) penultimate features, superclass (B,)) batches of ``split``."""
+        model = self.extraction_model
+        model.eval()
+        superclass = torch.from_numpy(self.data.superclass(split))
+        batch_size = self.training.eval_batch_size
+        for x, positions in batches(self._loader(split, train=False, batch_size=batch_size)):
+            with self._autocast():
+                features = penultimate_features(model, self._to_device(x))
+            yield features.float().cpu(), superclass[positions]
+
+    @torch.no_grad()
+    def ncc_accuracy(self, split: str) -> float:
+        """Nearest-class-centre superclass accuracy of the penultimate features on ``split``.
+
+        Class centres are the training split's means; one batch is held at a time.
+        """
+        split = self.data.resolve_split(split)
+        if (self.epoch, split) in self._accuracy:
+            return self._accuracy[(self.epoch, split)]
+        if self.epoch not in self._ncc_centres:
+            n = self.data.hierarchy.n_superclasses
+            sums, counts = None, torch.zeros(n, dtype=torch.float64)
+            for features, labels in self._penultimate_batches(self.data.train_split):
+                if sums is None:
+                    sums = torch.zeros(n, features.shape[1], dtype=torch.float64)
+                sums.index_add_(0, labels, features.double())
+                counts += torch.bincount(labels, minlength=n).double()
+            present = counts > 0
+            centres = (sums[present] / counts[present, None]).float()
+            self._ncc_centres[self.epoch] = (torch.nonzero(present).flatten(), centres)
+        classes, centres = self._ncc_centres[self.epoch]
+        correct = seen = 0
+        for features, labels in self._penultimate_batches(split):
+            nearest = torch.cdist(features, centres).argmin(dim=1)
+            correct += int((classes[nearest] == labels).sum())
+            seen += len(labels)
         self._accuracy[(self.epoch, split)] = correct / max(1, seen)
+        return self._accuracy[(self.epoch, split)]
 
     def _set_lr(self, step: int) -> None:
         scale = cosine_warmup_scale(

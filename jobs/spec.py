@@ -83,6 +83,33 @@ class DatasetSpec(_Strict):
         return DatasetConfig(self.name, self.hierarchy, self.hierarchy_seed, dict(self.options))
 
 
+class SslSpec(_Strict):
+    """The two-view losses (vicreg, simclr, supcon): projector, weights, view augmentations."""
+
+    projector: list[int] = Field(
+        default_factory=lambda: [512, 128],
+        min_length=1,
+        description="widths of the projector MLP on the penultimate features (not probed)",
+    )
+    temperature: float | None = Field(
+        None, gt=0, description="simclr / supcon temperature; default 0.5 / 0.1"
+    )
+    invariance_weight: float = Field(25.0, ge=0, description="VICReg lambda")
+    variance_weight: float = Field(25.0, ge=0, description="VICReg mu")
+    covariance_weight: float = Field(1.0, ge=0, description="VICReg nu")
+    min_crop: float = Field(0.3, gt=0, le=1, description="smallest area kept by a random crop")
+    rotation: float = Field(0.0, ge=0, le=180, description="largest random rotation, degrees")
+    flip: bool | None = Field(None, description="random horizontal flips; default: RGB only")
+    colour_jitter: float = Field(0.4, ge=0, le=1, description="colour jitter strength (RGB)")
+
+    @field_validator("projector")
+    @classmethod
+    def _widths(cls, value: list[int]) -> list[int]:
+        if any(d < 1 for d in value):
+            raise ValueError(f"projector widths {value} should all be positive")
+        return value
+
+
 class TrainingSpec(_Strict):
     """How each model is trained on superclass labels (``epochs: 0``: probe only)."""
 
@@ -99,7 +126,8 @@ class TrainingSpec(_Strict):
     warmup_epochs: int = Field(1, ge=0, description="linear warm-up, then a cosine decay")
     loss: str = Field(
         "softmax_ce",
-        description="softmax_ce | squared_error | sigmoid_ce | label_smoothing | cosine_softmax",
+        description="softmax_ce | squared_error | sigmoid_ce | label_smoothing | cosine_softmax"
+        " | supcon (superclass labels, two views) | vicreg | simclr (two views, no labels)",
     )
     label_smoothing: float = Field(0.1, ge=0, lt=1, description="for loss label_smoothing")
     cosine_temperature: float = Field(0.05, gt=0, description="for loss cosine_softmax")
@@ -117,6 +145,7 @@ class TrainingSpec(_Strict):
     keep_checkpoints: int = Field(
         1, ge=0, description="newest checkpoints kept per run (besides the probe epochs')"
     )
+    ssl: SslSpec = Field(default_factory=SslSpec, description="for the two-view losses")
 
     @field_validator("loss")
     @classmethod

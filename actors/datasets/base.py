@@ -224,10 +224,12 @@ class HierarchicalDataset:
         """Each sample's file path relative to the dataset root, or None (no files)."""
         return None
 
-    def torch_dataset(self, split: str, *, train: bool):
+    def torch_dataset(self, split: str, *, train: bool, transform=None):
         """A map-style ``torch.utils.data.Dataset``: item i -> (image float32 (C, H, W), i).
 
-        ``train`` selects the training transforms (augmentation) over the evaluation ones.
+        ``train`` selects the training transforms (augmentation) over the evaluation ones;
+        ``transform`` (file-backed datasets only) replaces both: it maps the decoded uint8
+        (3, H, W) image to what item i holds (two stacked SSL views, :mod:`actors.ssl`).
         """
         raise NotImplementedError
 

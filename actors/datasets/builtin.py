@@ -94,7 +94,12 @@ class InMemoryDataset(HierarchicalDataset):
     def input_shape(self) -> tuple[int, int, int]:
         return tuple(int(n) for n in self.images["train"].shape[1:])
 
-    def torch_dataset(self, split: str, *, train: bool) -> ArrayImages:
+    def torch_dataset(self, split: str, *, train: bool, transform=None) -> ArrayImages:
+        if transform is not None:
+            raise ValueError(
+                "in-memory datasets take no per-sample transform; augment their batches "
+                "instead (actors.ssl.batched_view)"
+            )
         return ArrayImages(self.images[self.resolve_split(split)])
 
     def thumbnail_dataset(self, split: str) -> ArrayThumbnails:

@@ -195,8 +195,8 @@ class CifarDataset(HierarchicalDataset):
     def input_shape(self) -> tuple[int, int, int]:
         return (3, self.image_size, self.image_size)
 
-    def torch_dataset(self, split: str, *, train: bool) -> CifarImages:
-        transform = image_transform(self.image_size, train=train)
+    def torch_dataset(self, split: str, *, train: bool, transform=None) -> CifarImages:
+        transform = transform or image_transform(self.image_size, train=train)
         return CifarImages(self.images[self.resolve_split(split)], transform)
 
     def thumbnail_dataset(self, split: str) -> CifarThumbnails:

@@ -149,8 +149,8 @@ class FolderDataset(HierarchicalDataset):
     def paths(self, split: str) -> np.ndarray:
         return self.index[self.resolve_split(split)].paths
 
-    def torch_dataset(self, split: str, *, train: bool) -> FileImages:
-        transform = image_transform(self.image_size, train=train)
+    def torch_dataset(self, split: str, *, train: bool, transform=None) -> FileImages:
+        transform = transform or image_transform(self.image_size, train=train)
         return FileImages(str(self.root), self.paths(split), transform)
 
     def thumbnail_dataset(self, split: str) -> FileThumbnails:

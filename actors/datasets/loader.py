@@ -60,6 +60,7 @@ def image_loader(
     generator: torch.Generator | None = None,
     pin_memory: bool = False,
     shard: tuple[int, int] = (0, 1),
+    transform=None,
 ) -> DataLoader:
     """Batches ``(images float32 (B, C, H, W), positions int64 (B,))`` of ``split``.
 
@@ -67,8 +68,13 @@ def image_loader(
     otherwise samples come in order with the evaluation transforms. ``positions``
     index the split's arrays (``data.subclass(split)[positions]``). ``shard``
     ``(rank, world)`` gives a training process its share (see :class:`Shuffled`).
+    ``transform`` replaces a file-backed dataset's own, in the workers (e.g.
+    :class:`actors.ssl.TwoViews`: images then come as (B, 2, C, H, W)).
     """
-    dataset = data.torch_dataset(split, train=train)
+    if transform is None:
+        dataset = data.torch_dataset(split, train=train)
+    else:
+        dataset = data.torch_dataset(split, train=train, transform=transform)
     order = Shuffled(len(dataset), generator, shard) if train else range(len(dataset))
     if data.in_memory:  # one indexing operation per batch, in this process
         return DataLoader(dataset, sampler=BatchSampler(order, batch_size, False), batch_size=None)

@@ -10,7 +10,7 @@ from torch import nn
 
 from actors.datasets import DatasetConfig
 from actors.losses import (
-    LOSSES,
+    HEAD_LOSSES,
     CosineLinear,
     add_head_dropout,
     loss_function,
@@ -47,7 +47,7 @@ def by_hand(name: str) -> float:
     raise AssertionError(name)
 
 
-@pytest.mark.parametrize("name", LOSSES)
+@pytest.mark.parametrize("name", HEAD_LOSSES)
 def test_each_loss_on_a_tiny_batch(name):
     logits = LOGITS.clone().requires_grad_(True)
     loss = loss_function(name, label_smoothing=0.1)(logits, Y)

@@ -54,3 +54,69 @@ def test_an_experiment_without_study_has_no_finding(store):
     assert spec.study is None
     assert register_experiment(spec, store, fresh=False)
     assert finding(store, "plain") is None
+
+
+# -- the ssl study (services/findings/ssl.py) on hand-written metrics rows --------------
+def _write_ssl_rows(store, loss: str, ncc: dict) -> None:
+    """runs rows with ``loss`` and representation rows ``{(metric, epoch, layer): per seed}``."""
+    import pyarrow as pa
+
+    from storage import schema as S
+
+    base = {"experiment_id": "ssl-rows", "dataset_id": "d", "arch": "small_cnn"}
+    runs = [
+        {**base, "run_id": f"r{seed}", "loss": loss, "seed": seed, "epochs": 2}
+        for seed in (0, 1, 2)
+    ]
+    store.write_unit(S.RUNS, "runs", pa.Table.from_pylist(runs, schema=S.RUNS_SCHEMA.remove(0)))
+    metrics = [
+        {
+            **base,
+            "run_id": f"r{seed}",
+            "seed": seed,
+            "epoch": epoch,
+            "layer": layer,
+            "split": "test",
+            "scope": "all",
+            "method": "representation",
+            "overclustering_factor": 0,
+            "n_clusters": 0,
+            "metric": metric,
+            "value": value,
+        }
+        for (metric, epoch, layer), values in ncc.items()
+        for seed, value in enumerate(values)
+    ]
+    table = pa.Table.from_pylist(metrics, schema=S.METRICS_SCHEMA.remove(0))
+    store.write_unit(S.METRICS, "metrics", table)
+
+
+def _ncc_rows(fc2_end_subclass):
+    rows = {}
+    for level in ("subclass", "superclass"):
+        rows[(f"ncc_{level}", 0, "fc2")] = [0.5, 0.55, 0.6]
+        rows[(f"ncc_{level}", 2, "conv1")] = [0.4, 0.45, 0.5]
+        rows[(f"ncc_{level}", 2, "fc2")] = [0.7, 0.8, 0.9]
+    rows[("ncc_subclass", 2, "fc2")] = fc2_end_subclass
+    return rows
+
+
+@pytest.mark.parametrize(
+    "loss, fc2_end, holds",
+    [
+        ("vicreg", [0.7, 0.8, 0.9], True),
+        ("simclr", [0.7, 0.8, 0.58], False),  # one seed ends below where it started
+        ("softmax_ce", [0.7, 0.8, 0.9], False),  # trained on labels: not the paper's setting
+    ],
+)
+def test_ssl_finding_applies_its_rule_to_the_stored_rows(store, loss, fc2_end, holds):
+    from services.findings import ssl
+
+    _write_ssl_rows(store, loss, _ncc_rows(fc2_end))
+    found = ssl.finding(store, "ssl-rows")
+    assert found.holds is holds
+    by_label = {m.label: m for m in found.measured}
+    assert by_label["NCC subclass, fc2, epoch 0"].mean == pytest.approx(0.55)
+    assert by_label["NCC subclass, fc2, epoch 2"].mean == pytest.approx(np.mean(fc2_end))
+    assert by_label["NCC superclass, conv1, epoch 2"].sd == pytest.approx(0.05)
+    assert loss in found.rule
