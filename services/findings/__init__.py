@@ -27,7 +27,10 @@ if TYPE_CHECKING:
     from storage import EmbeddingStore
 
 # study name -> module (in this package) whose ``finding`` checks it
-STUDIES: dict[str, str] = {}
+STUDIES: dict[str, str] = {
+    "probing": "probing",
+    "clp": "clp",
+}
 
 
 @dataclass(frozen=True)
