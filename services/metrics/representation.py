@@ -283,7 +283,8 @@ def clp_scores(
 ) -> dict[str, float]:
     """CLP accuracy next to a linear probe trained on the fine labels themselves.
 
-    Both probes are the same classifier on the same L2-normalised features, so
+    Both probes are the same classifier (standardised logistic regression) on the
+    same L2-normalised features, so
     the gap between them is what clustering loses. Each superclass is
     clustered into as many clusters as it has fine classes in the training
     split. Returns ``{"clp_accuracy", "linear_probe_fine"}``, both on the test
@@ -315,7 +316,11 @@ def clp_scores(
 
 
 def _linear_probe(X, y):
-    """The probe both CLP and its fine-label baseline train: multinomial logistic regression."""
+    """The probe both CLP and its fine-label baseline train: multinomial logistic regression on
+    standardised features, as :func:`linear_probe_accuracy` (on unit-norm rows without the
+    scaler, C = 1 underfits: 0.89 instead of 0.98 on digits' conv2)."""
     from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
-    return LogisticRegression(max_iter=1000).fit(X, y)
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(X, y)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from actors.clustering import cluster_for_ks, l2_normalize
 from services.findings.clp import msdr
@@ -30,7 +32,8 @@ def test_clp_scores_are_clp_and_a_fine_probe_on_the_same_features():
     assert scores["clp_accuracy"] == cluster_and_linear_probe(
         X, coarse, {0: 2, 1: 2, 2: 2}, X_test, coarse, fine, method="ward"
     )
-    direct = LogisticRegression(max_iter=1000).fit(l2_normalize(X), fine)
+    direct = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    direct.fit(l2_normalize(X), fine)
     assert scores["linear_probe_fine"] == pytest.approx(direct.score(l2_normalize(X_test), fine))
     assert 0.2 < scores["clp_accuracy"] < 1.0 and 0.2 < scores["linear_probe_fine"] < 1.0
 
@@ -41,7 +44,8 @@ def test_clp_matches_a_by_hand_cluster_probe_match():
     for s in range(3):
         members = np.flatnonzero(coarse == s)
         pseudo[members] = cluster_for_ks(Xn[members], "kmeans", [2])[2] + 2 * s
-    predicted = LogisticRegression(max_iter=1000).fit(Xn, pseudo).predict(l2_normalize(X_test))
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(Xn, pseudo)
+    predicted = probe.predict(l2_normalize(X_test))
     correct = 0
     for s in range(3):  # try both namings of the superclass's two clusters
         members = coarse == s
