@@ -501,6 +501,8 @@ def _print_profile(store: EmbeddingStore, experiment: str, method: str) -> None:
             ("purity", "purity"),
             ("NCC sub", "ncc_subclass"),
             ("NCC super", "ncc_superclass"),
+            ("CLP", "clp_accuracy"),
+            ("LP fine", "linear_probe_fine"),
         )
         if f"{metric}_mean" in profile
     }

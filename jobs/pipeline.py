@@ -378,6 +378,8 @@ def layer_units(spec: ExperimentSpec) -> list[LayerUnit]:
             layer,
             metrics,
             splits=p.splits,
+            clp_method=spec.clustering.methods[0],
+            random_state=spec.clustering.random_state,
         )
         for p in run_plans(spec)
         for epoch in spec.epochs_to_probe

@@ -200,7 +200,7 @@ class ClusteringSpec(_Strict):
         return sorted(set(value))
 
 
-REPRESENTATION_METRICS = ("ncc", "cdnv", "nc1", "nc2")
+REPRESENTATION_METRICS = ("ncc", "cdnv", "nc1", "nc2", "clp")
 CONSISTENCY_METRICS = ("ari", "ami", "nmi")
 
 
@@ -213,7 +213,9 @@ class MetricsSpec(_Strict):
     )
     representation: list[str] = Field(
         default_factory=lambda: ["ncc", "cdnv"],
-        description="per-layer measures (superclass and subclass labels): ncc, cdnv, nc1, nc2",
+        description="per-layer measures (superclass and subclass labels): ncc, cdnv, nc1, nc2; "
+        "clp: Cluster-and-Linear-Probe accuracy (clustering.methods[0]) next to a linear probe "
+        "on the subclasses, and the subclass distance matrix",
     )
     consistency: list[str] = Field(
         default_factory=lambda: ["ari"],

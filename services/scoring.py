@@ -6,7 +6,8 @@ Plain functions over a store (the pipeline runs them as Ray tasks):
   every clustering of one clustering unit against the true subclasses;
 - :func:`score_layer`: per-layer representation measures (NCC accuracy with
   train means scored on the held-out split, CDNV, NC1, NC2) for superclass and
-  subclass labels, streaming each split once;
+  subclass labels, streaming each split once; with ``clp``, Cluster-and-Linear-
+  Probe accuracy next to a fine-label linear probe, and the class distance matrix;
 - :func:`score_consistency`: scores between the clusterings of every pair of
   seeds for every pair of layers, all pairs in one batched call.
 """
@@ -21,6 +22,7 @@ import pyarrow as pa
 from services.metrics import (
     ClassStatistics,
     cdnv_from_statistics,
+    clp_scores,
     clustering_scores,
     nc1_from_statistics,
     nc2_from_means,
@@ -96,6 +98,8 @@ class LayerUnit:
     layer: str
     metrics: tuple[str, ...] = ("ncc", "cdnv")
     splits: tuple[str, str] = ("train", "test")  # (class statistics from, NCC scored on)
+    clp_method: str = "kmeans"  # the clustering step of CLP
+    random_state: int = 0
 
     @property
     def unit_key(self) -> str:
@@ -126,16 +130,24 @@ def score_layer(store: EmbeddingStore, unit: LayerUnit) -> list[PendingUnit]:
     """Representation measures of one layer, for superclass and subclass labels.
 
     One streamed pass over the training split gathers the class statistics
-    (CDNV, NC1, NC2 and the class means come from them); NCC then scores the
-    held-out split in a second pass. At most ``LAYER_BATCH_ROWS`` rows are held.
+    (CDNV, NC1, NC2, the class distance matrix and the class means come from
+    them); NCC then scores the held-out split in a second pass. At most
+    ``LAYER_BATCH_ROWS`` rows are held, except with ``clp``: its clustering and
+    linear probes need both splits of the layer at once, (n_train + n_heldout)
+    x dim float32 (e.g. 123 MB for CIFAR-10 at ResNet-18's 512-d penultimate
+    layer, 750 MB for BREEDS living-17 at ResNet-50's 2048-d one).
     """
     train_split, heldout_split = unit.splits
+    clp = "clp" in unit.metrics
+    kept: dict[str, list] = {train_split: [], heldout_split: []}  # batches CLP needs
     stats = {level: ClassStatistics(track_scatter="nc1" in unit.metrics) for level in LEVELS}
     for X, labels in _layer_batches(store, unit, train_split):
         for level in LEVELS:
             stats[level].update(X, labels[level])
+        if clp:
+            kept[train_split].append((X, labels))
     values: dict[tuple[str, str, str], float] = {}  # (metric, level, split) -> value
-    if "ncc" in unit.metrics:
+    if "ncc" in unit.metrics or clp:
         correct, seen = dict.fromkeys(LEVELS, 0), 0
         # classes and means are derived from the statistics: compute them once, not per batch
         centres = {level: (stats[level].classes, stats[level].means) for level in LEVELS}
@@ -144,8 +156,11 @@ def score_layer(store: EmbeddingStore, unit: LayerUnit) -> list[PendingUnit]:
             for level in LEVELS:
                 predicted = nearest_class_mean(X, *centres[level])
                 correct[level] += int((predicted == labels[level]).sum())
-        for level in LEVELS:
-            values[("ncc", level, heldout_split)] = correct[level] / max(1, seen)
+            if clp:
+                kept[heldout_split].append((X, labels))
+        if "ncc" in unit.metrics:
+            for level in LEVELS:
+                values[("ncc", level, heldout_split)] = correct[level] / max(1, seen)
     for level in LEVELS:
         if "cdnv" in unit.metrics:
             values[("cdnv", level, train_split)] = cdnv_from_statistics(stats[level])
@@ -170,8 +185,62 @@ def score_layer(store: EmbeddingStore, unit: LayerUnit) -> list[PendingUnit]:
         {**base, "split": split, "metric": f"{name}_{level}", "value": value}
         for (name, level, split), value in values.items()
     ]
+    if clp:
+        records += _clp_records(base, unit, stats["subclass"], kept)
     table = pa.Table.from_pylist(records, schema=_METRICS_FIELDS)
     return [store.write_fragments(S.METRICS, unit.unit_key, table)]
+
+
+def _clp_records(
+    base: dict, unit: LayerUnit, subclass_stats: ClassStatistics, kept: dict[str, list]
+) -> list[dict]:
+    """CLP rows of one layer: ``clp_accuracy`` and ``linear_probe_fine`` on the held-out
+    split, and ``class_distance`` (scope ``"i,j"``: subclass ids) on the training split.
+
+    The class distance matrix D[i, j] = mean squared distance between the
+    training samples of subclasses i and j (Yang et al.'s eq. 6) comes from the
+    streamed class statistics.
+    """
+    train_split, heldout_split = unit.splits
+    splits = {}
+    for split in (train_split, heldout_split):
+        batches = kept[split]
+        if not batches:
+            raise ValueError(
+                f"layer {unit.layer} of run {unit.run_id} has no {split!r} embeddings, which "
+                "clp needs; extract both splits or drop clp from metrics.representation"
+            )
+        X = np.concatenate([X for X, _ in batches])
+        splits[split] = (
+            X,
+            *(np.concatenate([lab[level] for _, lab in batches]) for level in LEVELS),
+        )
+    scores = clp_scores(
+        *splits[train_split],
+        *splits[heldout_split],
+        method=unit.clp_method,
+        random_state=unit.random_state,
+    )
+    n_fine = len(np.unique(splits[train_split][2]))
+    records = [
+        {**base, "split": heldout_split, "metric": metric, "value": value, "n_clusters": n_fine}
+        for metric, value in scores.items()
+    ]
+    classes = subclass_stats.classes
+    means, sq = subclass_stats.means, subclass_stats.mean_sq_norms
+    distances = sq[:, None] + sq[None, :] - 2 * means @ means.T
+    for i, a in enumerate(classes):
+        for j, b in enumerate(classes):
+            records.append(
+                {
+                    **base,
+                    "split": train_split,
+                    "scope": f"{a},{b}",
+                    "metric": "class_distance",
+                    "value": float(distances[i, j]),
+                }
+            )
+    return records
 
 
 @dataclass(frozen=True)

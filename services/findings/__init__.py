@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 # study name -> module (in this package) whose ``finding`` checks it
 STUDIES: dict[str, str] = {
+    "probing": "probing",
+    "clp": "clp",
     "ssl": "ssl",
 }
 

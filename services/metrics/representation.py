@@ -225,43 +225,102 @@ def cluster_and_linear_probe(
     """Cluster-and-Linear-Probe (Yang et al.): fine accuracy learnt from coarse labels only.
 
     Each training superclass s is clustered (L2-normalised) into
-    ``n_fine_per_superclass[s]`` clusters; a linear probe learns the cluster ids;
-    its test predictions are matched to the true fine labels within each
-    superclass by the Hungarian algorithm (cluster ids carry no names), and the
-    accuracy of the matched predictions is returned.
+    ``n_fine_per_superclass[s]`` clusters; a linear probe learns the cluster ids
+    of all superclasses at once; within each test superclass its predictions
+    into that superclass's own clusters are matched to the true fine labels by
+    the Hungarian algorithm (cluster ids carry no names), and the accuracy of
+    the matched predictions is returned. A test sample predicted into another
+    superclass's cluster counts as wrong.
     """
-    from scipy.optimize import linear_sum_assignment
-
     from actors.clustering import cluster_for_ks, l2_normalize
 
     X_train, superclass_train = check_embeddings(X_train, superclass_train)
     X_test, fine_test = check_embeddings(X_test, fine_test, name="X_test")
     superclass_test = np.asarray(superclass_test)
     pseudo = np.empty(len(X_train), dtype=np.int64)
-    offset = 0
+    own_clusters: dict = {}  # superclass -> its cluster ids in ``pseudo``
     Xn = l2_normalize(X_train)
     for s in np.unique(superclass_train):
         members = np.flatnonzero(superclass_train == s)
         k = int(n_fine_per_superclass[s])
+        offset = sum(len(ids) for ids in own_clusters.values())
         pseudo[members] = (
             cluster_for_ks(Xn[members], method, [k], random_state=random_state)[k] + offset
         )
-        offset += k
-    X_test_n = l2_normalize(X_test)
-    predicted = _linear_probe(Xn, pseudo).predict(X_test_n)
+        own_clusters[s] = np.arange(offset, offset + k)
+    predicted = _linear_probe(Xn, pseudo).predict(l2_normalize(X_test))
     correct = 0
     for s in np.unique(superclass_test):
         members = np.flatnonzero(superclass_test == s)
-        clusters, fine = np.unique(predicted[members], return_inverse=True)[1], fine_test[members]
-        fine_ids, fine_codes = np.unique(fine, return_inverse=True)
-        table = np.zeros((clusters.max() + 1, len(fine_ids)), dtype=np.int64)
-        np.add.at(table, (clusters, fine_codes), 1)
-        rows, cols = linear_sum_assignment(-table)
-        correct += int(table[rows, cols].sum())
+        correct += _matched_correct(predicted[members], fine_test[members], own_clusters.get(s))
     return correct / len(X_test)
 
 
-def _linear_probe(X, y):
-    from sklearn.linear_model import LogisticRegression
+def _matched_correct(predicted: np.ndarray, fine: np.ndarray, clusters) -> int:
+    """Samples right under the best one-to-one naming of ``clusters`` by fine labels."""
+    from scipy.optimize import linear_sum_assignment
 
-    return LogisticRegression(max_iter=1000).fit(X, y)
+    if clusters is None or not len(clusters):
+        return 0
+    inside = np.isin(predicted, clusters)
+    fine_ids, fine_codes = np.unique(fine, return_inverse=True)
+    table = np.zeros((len(clusters), len(fine_ids)), dtype=np.int64)
+    np.add.at(table, (predicted[inside] - clusters[0], fine_codes[inside]), 1)
+    rows, cols = linear_sum_assignment(-table)
+    return int(table[rows, cols].sum())
+
+
+def clp_scores(
+    X_train,
+    superclass_train,
+    fine_train,
+    X_test,
+    superclass_test,
+    fine_test,
+    *,
+    method: str = "kmeans",
+    random_state: int = 0,
+) -> dict[str, float]:
+    """CLP accuracy next to a linear probe trained on the fine labels themselves.
+
+    Both probes are the same classifier (standardised logistic regression) on the
+    same L2-normalised features, so
+    the gap between them is what clustering loses. Each superclass is
+    clustered into as many clusters as it has fine classes in the training
+    split. Returns ``{"clp_accuracy", "linear_probe_fine"}``, both on the test
+    split's fine labels.
+    """
+    from actors.clustering import l2_normalize
+
+    X_train, fine_train = check_embeddings(X_train, fine_train)
+    superclass_train = np.asarray(superclass_train)
+    n_fine = {
+        s: len(np.unique(fine_train[superclass_train == s])) for s in np.unique(superclass_train)
+    }
+    clp = cluster_and_linear_probe(
+        X_train,
+        superclass_train,
+        n_fine,
+        X_test,
+        superclass_test,
+        fine_test,
+        method=method,
+        random_state=random_state,
+    )
+    X_test, fine_test = check_embeddings(X_test, fine_test, name="X_test")
+    probe = _linear_probe(l2_normalize(X_train), fine_train)
+    return {
+        "clp_accuracy": clp,
+        "linear_probe_fine": float(probe.score(l2_normalize(X_test), fine_test)),
+    }
+
+
+def _linear_probe(X, y):
+    """The probe both CLP and its fine-label baseline train: multinomial logistic regression on
+    standardised features, as :func:`linear_probe_accuracy` (on unit-norm rows without the
+    scaler, C = 1 underfits: 0.89 instead of 0.98 on digits' conv2)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(X, y)

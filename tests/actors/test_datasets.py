@@ -14,7 +14,7 @@ from actors.datasets import (
 
 def test_registry_lists_every_source():
     known = list_datasets()
-    assert known["digits"] == ("coarse", "shuffled")
+    assert known["digits"] == ("coarse", "shuffled", "random-coarse")
     assert known["shapes"] == ("natural", "shuffled")
     assert set(known) == {"digits", "shapes", "imagefolder", "imagenet", "cifar10", "cifar100"}
     assert "breeds-living17-shuffled" in known["imagenet"] and "none" in known["imagenet"]
@@ -31,7 +31,23 @@ def test_digits_coarse_is_digit_mod_5():
     assert x.shape == (1, 8, 8) and i == 5 and 0.0 <= x.min() and x.max() <= 1.0
 
 
-@pytest.mark.parametrize("name, hierarchy", [("digits", "shuffled"), ("shapes", "shuffled")])
+def test_digits_random_coarse_is_yang_et_als_shuffle_then_mod_5():
+    """Random Coarse (Yang et al., App. F): the shuffled hierarchy under its paper's name."""
+    random_coarse = build_hierarchy(DatasetConfig("digits", "random-coarse", hierarchy_seed=4))
+    shuffled = build_hierarchy(DatasetConfig("digits", "shuffled", hierarchy_seed=4))
+    assert random_coarse.name == "random-coarse"
+    assert random_coarse.superclass_of == shuffled.superclass_of
+    assert (
+        random_coarse.superclass_of
+        != build_hierarchy(DatasetConfig("digits", "coarse")).superclass_of
+    )
+    np.testing.assert_array_equal(random_coarse.subclasses_per_superclass(), [2] * 5)
+
+
+@pytest.mark.parametrize(
+    "name, hierarchy",
+    [("digits", "shuffled"), ("digits", "random-coarse"), ("shapes", "shuffled")],
+)
 def test_shuffled_keeps_subclass_count_per_superclass(name, hierarchy):
     natural = build_dataset(DatasetConfig(name, "coarse" if name == "digits" else "natural"))
     shuffled = build_dataset(DatasetConfig(name, hierarchy, hierarchy_seed=3))
