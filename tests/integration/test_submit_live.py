@@ -23,7 +23,7 @@ from storage import schema as S
 from tests.integration.ray_cluster import LocalCluster
 from tests.storage.test_s3 import s3_endpoint  # noqa: F401 - the moto server fixture
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # about 2 min: two Ray nodes, two runs
 ROOT = Path(__file__).parents[2]
 CLI = [sys.executable, "-c", "from jobs.cli import app; app()"]
 PACKAGES = ("actors", "jobs", "services", "storage")
@@ -137,3 +137,17 @@ def test_submitted_study_stores_what_a_local_run_stores(cluster, s3_endpoint, tm
     assert "committed" in logs.stdout
     for result in (listed, status, logs):
         assert cluster.token not in result.stdout + result.stderr
+
+
+def test_a_local_store_on_a_multi_node_cluster_is_refused(cluster, tmp_path):
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(TINY))
+    store = EmbeddingStore(str(tmp_path / "store"))
+    env = client_env(tmp_path, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(cluster.token_path))
+    gcs = f"127.0.0.1:{cluster.gcs_port}"
+    result = stratalens("run", str(spec_path), "--store", store.root, "--address", gcs, env=env)
+    assert result.returncode == 2, result.stdout + result.stderr
+    message = " ".join(result.stderr.split())
+    assert f"store {store.root!r} is a local path but this Ray cluster has 2 nodes" in message
+    assert "pass --store s3://bucket/prefix" in message
+    assert store.list_tables() == []
