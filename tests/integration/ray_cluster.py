@@ -102,6 +102,9 @@ class LocalCluster:
             "RAY_AUTH_TOKEN_PATH": str(self.token_path),
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
             "RAY_USAGE_STATS_ENABLED": "0",
+            # Ray's memory monitor kills workers when the *machine* is over 95 % used, which
+            # on a shared machine other processes decide; the tests kill what they mean to
+            "RAY_memory_monitor_refresh_ms": "0",
         }
         self.env.pop("RAY_AUTH_TOKEN", None)
         self.env.pop("RAY_ADDRESS", None)
@@ -178,8 +181,12 @@ class LocalCluster:
 
     def kill_node(self, raylet: int) -> None:
         """SIGKILL one node: its raylet and every process below it (as a lost machine)."""
-        for pid in descendants({raylet}):
+        pids = descendants({raylet})
+        for pid in pids:
             _signal(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while any(alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
 
     def stop(self) -> None:
         """Terminate every process of this cluster by PID, then SIGKILL what is left."""
