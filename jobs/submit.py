@@ -2,8 +2,10 @@
 
 The spec travels as the job's ``working_dir`` (a folder holding only the spec, uploaded by
 Ray), and the entrypoint runs ``stratalens run spec.yaml`` from there, so the cluster needs
-stratalens installed (the k8s image) but not the spec. Store credentials (``AWS_*``) are
-passed from this environment as the job's ``env_vars``; they are never printed.
+stratalens installed (the k8s image) but not the spec; from a source checkout, pass
+``--runtime-env`` with ``py_modules`` naming its packages (Ray uploads them to every
+node). Store credentials (``AWS_*``) are passed from this environment as the job's
+``env_vars``; they are never printed.
 
 Heads started with ``RAY_AUTH_MODE=token`` reject requests without a bearer token; the
 token comes from ``RAY_AUTH_TOKEN``, else the file ``RAY_AUTH_TOKEN_PATH`` names, else

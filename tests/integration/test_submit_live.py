@@ -93,6 +93,12 @@ def test_anonymous_requests_are_refused_in_one_sentence(cluster, tmp_path):
     message = " ".join(result.stderr.split())
     assert f"the Ray head at {cluster.address} requires a token; set RAY_AUTH_TOKEN" in message
     assert "Traceback" not in result.stderr
+    wrong = client_env(tmp_path, RAY_AUTH_TOKEN="not-" + cluster.token)
+    result = stratalens("jobs", "ls", "--address", cluster.address, env=wrong)
+    assert result.returncode == 2, result.stdout + result.stderr
+    message = " ".join(result.stderr.split())
+    assert f"the Ray head at {cluster.address} refused the token found here" in message
+    assert cluster.token not in result.stdout + result.stderr
 
 
 def test_submitted_study_stores_what_a_local_run_stores(cluster, s3_endpoint, tmp_path):  # noqa: F811
