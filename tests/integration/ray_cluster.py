@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -198,6 +199,7 @@ class LocalCluster:
             time.sleep(0.2)
         for pid in pids:
             _signal(pid, signal.SIGKILL)
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def _signal(pid: int, sig: int) -> None:
