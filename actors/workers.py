@@ -152,16 +152,20 @@ class TrainerWorker:
     def __init__(self, store: EmbeddingStore, plan: RunPlan, threads: int | None = None):
         self.store = store
         self.plan = plan
-        checkpoints = None
+        self.threads = threads
+        self.trainer = self._new_trainer()
+
+    def _new_trainer(self) -> Trainer:
+        plan, checkpoints = self.plan, None
         if plan.training.epochs > 0 and plan.training.checkpoint_every > 0:
-            checkpoints = run_checkpoint_store(store, plan)
-        self.trainer = Trainer(
+            checkpoints = run_checkpoint_store(self.store, plan)
+        return Trainer(
             plan.model_config,
             plan.dataset,
             plan.training,
             plan.seed,
             device=plan.device,
-            threads=threads,
+            threads=self.threads,
             loader_workers=plan.loader_workers,
             checkpoints=checkpoints,
         )
@@ -177,9 +181,10 @@ class TrainerWorker:
         if not keys_to_write:
             return []
         if self.trainer.epoch > epoch:
-            raise RuntimeError(  # the pipeline asks for probe epochs in order
-                f"run {self.plan.run_id} is at epoch {self.trainer.epoch}, past {epoch}"
-            )
+            # The pipeline asks for probe epochs in order, but a restarted actor (its process
+            # was killed) may run the calls Ray re-sends out of order: start the model over,
+            # from its newest checkpoint at or before ``epoch``.
+            self.trainer = self._new_trainer()
         self.trainer.train_to(epoch)
         plan, pending = self.plan, []
         for split in plan.splits:
@@ -329,6 +334,14 @@ def run_cluster_unit(store: EmbeddingStore, unit: ClusterUnit) -> list[PendingUn
     return [store.write_fragments(S.CLUSTERINGS, unit.unit_key, table)]
 
 
-TrainerActor = ray.remote(TrainerWorker)
-cluster_task = ray.remote(run_cluster_unit)
-samples_task = ray.remote(write_samples)
+# A worker lost to an OOM kill, a preempted pod or a lost node costs its units, not the run:
+# Ray restarts a dead trainer (re-running ``__init__``: the model resumes from its
+# checkpoints or retrains) and re-sends the calls that had not returned, and re-runs a task
+# whose worker died. Units are keyed, so a redone unit is still committed once. Errors raised
+# by our code (bad data, a full store) are not retried.
+ACTOR_RESTARTS = 3
+TASK_RETRIES = 3
+
+TrainerActor = ray.remote(max_restarts=ACTOR_RESTARTS, max_task_retries=TASK_RETRIES)(TrainerWorker)
+cluster_task = ray.remote(max_retries=TASK_RETRIES)(run_cluster_unit)
+samples_task = ray.remote(max_retries=TASK_RETRIES)(write_samples)

@@ -59,7 +59,7 @@ def run(
 ) -> None:
     """Train, extract, cluster and score everything the spec asks for (resumable)."""
     from actors.datasets import DatasetError
-    from jobs.pipeline import run_experiment
+    from jobs.pipeline import WorkerLostError, run_experiment
     from jobs.plan import PlanError
     from jobs.spec import ExperimentSpec, SpecError
 
@@ -73,6 +73,9 @@ def run(
     except (SpecError, StoreError, DatasetError, PlanError) as exc:
         # raised in a Ray worker, it arrives wrapped; its cause holds the one sentence
         _fail(str(getattr(exc, "cause", None) or exc))
+    except WorkerLostError as exc:  # not bad input: exit 1, and re-running resumes
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=1) from None
     elapsed = time.perf_counter() - start
     done = (
         ", ".join(f"{n} {stage}" for stage, n in counts.committed.items())
@@ -741,7 +744,17 @@ def _size(n_bytes: float) -> str:
     return f"{n_bytes:.0f} B" if power == 0 else f"{n_bytes:.1f} {units[power]}"
 
 
-BENCHMARKS = ("cluster", "consistency", "data", "extract", "metrics", "plan", "serve", "store")
+BENCHMARKS = (
+    "cluster",
+    "consistency",
+    "data",
+    "extract",
+    "metrics",
+    "plan",
+    "serve",
+    "store",
+    "submit",
+)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

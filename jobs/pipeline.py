@@ -23,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from actors.checkpoints import experiment_checkpoints
 from actors.distributed import train_data_parallel_task
 from actors.workers import (
+    TASK_RETRIES,
     ClusterUnit,
     RunPlan,
     TrainerActor,
@@ -32,7 +33,7 @@ from actors.workers import (
     samples_task,
     samples_unit_key,
 )
-from jobs.plan import check_capacity
+from jobs.plan import CapacityPlan, check_capacity
 from jobs.spec import ArchSpec, DatasetSpec, ExperimentSpec, SpecError, load_dataset
 from services.scoring import (
     ConsistencyUnit,
@@ -46,9 +47,13 @@ from storage import schema as S
 from storage.blobs import BlobStore
 from storage.filters import where
 
-score_clusterings_task = ray.remote(score_clusterings)
-score_layer_task = ray.remote(score_layer)
-score_consistency_task = ray.remote(score_consistency)
+score_clusterings_task = ray.remote(max_retries=TASK_RETRIES)(score_clusterings)
+score_layer_task = ray.remote(max_retries=TASK_RETRIES)(score_layer)
+score_consistency_task = ray.remote(max_retries=TASK_RETRIES)(score_consistency)
+
+
+class WorkerLostError(RuntimeError):
+    """A Ray worker or node died more often than its retries allow; re-running resumes."""
 
 
 @dataclass
@@ -90,12 +95,13 @@ def run_experiment(
 ) -> StageCounts:
     """Run (or resume) every stage of ``spec`` against ``store``."""
     console = console or Console(stderr=True)
-    check_capacity(spec)  # refuses a spec whose largest fit cannot fit a worker, before any work
+    capacity = check_capacity(spec)  # refuses a fit too large for a worker, before any work
     counts = StageCounts()
     spec.register_arch_keys()
     check_gpus(spec, address)
-    created = register_experiment(spec, store, fresh=fresh)
     init_ray(address)
+    check_shared_store(store)
+    created = register_experiment(spec, store, fresh=fresh)
     columns = (
         TextColumn("{task.description:<18}"),
         BarColumn(),
@@ -107,7 +113,7 @@ def run_experiment(
         with Progress(*columns, console=console, transient=False) as progress:
             write_samples(spec, store, progress, counts, new_samples)
             train_and_extract(spec, store, progress, counts)
-            cluster(spec, store, progress, counts)
+            cluster(spec, store, progress, counts, capacity)
             score(spec, store, progress, counts)
     except StoreError:
         # Data the store refused (a NaN embedding, a wrong dimension) means the spec must
@@ -120,6 +126,23 @@ def run_experiment(
             store.delete_units(S.SAMPLES, new_samples)
         raise
     return counts
+
+
+def check_shared_store(store: EmbeddingStore) -> None:
+    """Refuse a local store root when Ray's nodes do not share this machine's disk.
+
+    Workers write fragments where the store root points; on another node a local path is
+    that node's own disk, which the committing driver never sees.
+    """
+    if "://" in store.root:
+        return
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    if len(nodes) > 1:
+        raise SpecError(
+            f"store {store.root!r} is a local path but this Ray cluster has {len(nodes)} "
+            "nodes, which do not share a disk; pass --store s3://bucket/prefix (an object "
+            "store every node reaches)"
+        )
 
 
 def check_gpus(spec: ExperimentSpec, address: str | None) -> None:
@@ -267,6 +290,7 @@ def train_and_extract(
         actor = TrainerActor.options(num_cpus=r.trainer_cpus, num_gpus=r.extractor_gpus).remote(
             store, plan, threads
         )
+        refs = []
         for epoch in spec.epochs_to_probe:
             missing = {
                 embedding_unit_key(plan.run_id, epoch, layer, split)
@@ -274,8 +298,9 @@ def train_and_extract(
                 for split in plan.splits
                 if embedding_unit_key(plan.run_id, epoch, layer, split) not in keys
             }
-            pending[actor.extract.remote(epoch, missing)] = None
-        pending[actor.finish.remote(spec.epochs_to_probe[-1])] = _killer(actor)
+            refs.append(actor.extract.remote(epoch, missing))
+        refs.append(actor.finish.remote(spec.epochs_to_probe[-1]))
+        pending.update(dict.fromkeys(refs, _killer(actor, len(refs))))
     _drain("train + extract", pending, store, progress, counts)
     if plans:
         tables = {
@@ -286,8 +311,19 @@ def train_and_extract(
         _optimize(store, tables | {S.RUNS})
 
 
-def _killer(actor) -> Callable[[], None]:
-    return lambda: ray.kill(actor)  # frees its CPU for the next run
+def _killer(actor, calls: int) -> Callable[[], None]:
+    """A callback that kills ``actor`` (freeing its CPU) once all its ``calls`` returned.
+
+    Not at ``finish`` alone: a restarted actor may finish before a re-sent extract.
+    """
+    left = [calls]
+
+    def returned() -> None:
+        left[0] -= 1
+        if left[0] == 0:
+            ray.kill(actor)
+
+    return returned
 
 
 # -- stage 2: cluster ------------------------------------------------------------
@@ -319,14 +355,20 @@ def cluster_units(spec: ExperimentSpec) -> list[ClusterUnit]:
 
 
 def cluster(
-    spec: ExperimentSpec, store: EmbeddingStore, progress: Progress, counts: StageCounts
+    spec: ExperimentSpec,
+    store: EmbeddingStore,
+    progress: Progress,
+    counts: StageCounts,
+    capacity: CapacityPlan | None = None,
 ) -> None:
     committed = store.committed_keys(S.CLUSTERINGS)
-    task = cluster_task.options(
-        num_cpus=spec.resources.worker_cpus, num_gpus=spec.resources.worker_gpus
-    )
+    memory = cluster_memory(spec, capacity or check_capacity(spec))
     pending = {
-        task.remote(store, unit): None
+        cluster_task.options(
+            num_cpus=spec.resources.worker_cpus,
+            num_gpus=spec.resources.worker_gpus,
+            memory=memory[unit.method],
+        ).remote(store, unit): None
         for unit in cluster_units(spec)
         if unit.unit_key not in committed
     }
@@ -334,6 +376,21 @@ def cluster(
     _drain("cluster", pending, store, progress, counts)
     if had_work:
         _optimize(store, {S.CLUSTERINGS})
+
+
+def cluster_memory(spec: ExperimentSpec, capacity: CapacityPlan) -> dict[str, int]:
+    """Bytes of Ray's ``memory`` resource each method's clustering tasks declare.
+
+    The plan's peak of the method's largest fit (distance matrix or vectors, plus the
+    split read), so Ray does not place two large fits on one node. Without
+    ``resources.worker_memory_gb`` the request is capped at the largest node's memory
+    (the plan's budget was this machine's; a larger request could never be placed).
+    """
+    peaks = {peak.method: peak.peak_bytes for peak in capacity.clustering}
+    if spec.resources.worker_memory_gb is None:
+        largest = max(n["Resources"].get("memory", 0) for n in ray.nodes() if n["Alive"])
+        peaks = {method: min(peak, int(largest)) for method, peak in peaks.items()}
+    return {method: max(1, int(peak)) for method, peak in peaks.items()}
 
 
 # -- stage 3: score --------------------------------------------------------------
@@ -437,9 +494,32 @@ def _drain(
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
         for ref in ready:
-            for unit in ray.get(ref):
+            for unit in _result(stage, ref):
                 counts.add(stage, int(store.commit(unit)))
             callback = pending.pop(ref)
             if callback is not None:
                 callback()
             progress.advance(task)
+
+
+# What Ray raises once a unit's worker, actor or node is gone for good (retries spent).
+LOST_WORKER_ERRORS = (
+    ray.exceptions.ActorDiedError,
+    ray.exceptions.ActorUnavailableError,
+    ray.exceptions.WorkerCrashedError,
+    ray.exceptions.NodeDiedError,
+    ray.exceptions.ObjectLostError,
+    ray.exceptions.OutOfMemoryError,
+)
+
+
+def _result(stage: str, ref: ray.ObjectRef) -> list:
+    """The units a task returned; a worker lost for good becomes one sentence."""
+    try:
+        return ray.get(ref)
+    except LOST_WORKER_ERRORS as exc:
+        raise WorkerLostError(
+            f"a Ray worker of the {stage!r} stage died ({type(exc).__name__}: killed, out of "
+            f"memory or its node lost) after {TASK_RETRIES} retries; what was committed is "
+            "kept: run the same command again to resume"
+        ) from None
