@@ -32,6 +32,7 @@ from actors.workers import (
     samples_task,
     samples_unit_key,
 )
+from jobs.intraclass import intraclass_units, score_intraclass
 from jobs.plan import check_capacity
 from jobs.spec import ArchSpec, DatasetSpec, ExperimentSpec, SpecError, load_dataset
 from services.scoring import (
@@ -49,6 +50,7 @@ from storage.filters import where
 score_clusterings_task = ray.remote(score_clusterings)
 score_layer_task = ray.remote(score_layer)
 score_consistency_task = ray.remote(score_consistency)
+score_intraclass_task = ray.remote(score_intraclass)
 
 
 @dataclass
@@ -210,9 +212,9 @@ def run_plan(spec: ExperimentSpec, dataset: DatasetSpec, arch: ArchSpec, seed: i
         experiment_id=spec.experiment_id,
         arch=arch.stored_key,
         model=arch.config(),
-        probe_epochs=tuple(spec.epochs_to_probe),
+        probe_epochs=tuple(spec.probe_epochs_for(arch.stored_key)),
         dataset=dataset.config(),
-        training=spec.training.config(),
+        training=spec.training_for(arch.stored_key).config(),
         seed=seed,
         splits=load_dataset(dataset).splits,
         device=spec.resources.device,
@@ -253,7 +255,7 @@ def train_and_extract(
             task.remote(
                 store,
                 plan,
-                spec.epochs_to_probe[-1],
+                plan.probe_epochs[-1],
                 workers=r.ddp_workers,
                 cpus_per_worker=r.trainer_cpus,
                 use_gpu=r.trainer_gpus > 0,
@@ -267,7 +269,7 @@ def train_and_extract(
         actor = TrainerActor.options(num_cpus=r.trainer_cpus, num_gpus=r.extractor_gpus).remote(
             store, plan, threads
         )
-        for epoch in spec.epochs_to_probe:
+        for epoch in plan.probe_epochs:
             missing = {
                 embedding_unit_key(plan.run_id, epoch, layer, split)
                 for layer, keys in committed[plan.arch].items()
@@ -275,7 +277,7 @@ def train_and_extract(
                 if embedding_unit_key(plan.run_id, epoch, layer, split) not in keys
             }
             pending[actor.extract.remote(epoch, missing)] = None
-        pending[actor.finish.remote(spec.epochs_to_probe[-1])] = _killer(actor)
+        pending[actor.finish.remote(plan.probe_epochs[-1])] = _killer(actor)
     _drain("train + extract", pending, store, progress, counts)
     if plans:
         tables = {
@@ -299,7 +301,7 @@ def cluster_units(spec: ExperimentSpec) -> list[ClusterUnit]:
         data = load_dataset(dataset)
         per_super = data.hierarchy.subclasses_per_superclass()
         for epoch, layer, method in itertools.product(
-            spec.epochs_to_probe, arch.probe_layers(), c.methods
+            plan.probe_epochs, arch.probe_layers(), c.methods
         ):
             units.append(
                 ClusterUnit(
@@ -340,7 +342,8 @@ def cluster(
 def score(
     spec: ExperimentSpec, store: EmbeddingStore, progress: Progress, counts: StageCounts
 ) -> None:
-    """Scores per clustering, NCC per layer, and cross-seed ARI per pair of layers."""
+    """Scores per clustering, NCC per layer, intraclass measures per run, and cross-seed
+    ARI per pair of layers."""
     opts = {"num_cpus": spec.resources.worker_cpus}
     done_metrics = store.committed_keys(S.METRICS)
     done_pairs = store.committed_keys(S.PAIRS)
@@ -354,6 +357,9 @@ def score(
     for unit in layer_units(spec):
         if unit.unit_key not in done_metrics:
             pending[score_layer_task.options(**opts).remote(store, unit)] = None
+    for unit in intraclass_units(spec, run_plans(spec)):
+        if unit.unit_key not in done_metrics:
+            pending[score_intraclass_task.options(**opts).remote(store, unit)] = None
     for unit in consistency_units(spec):
         if unit.unit_key not in done_pairs:
             pending[score_consistency_task.options(**opts).remote(store, unit)] = None
@@ -380,7 +386,7 @@ def layer_units(spec: ExperimentSpec) -> list[LayerUnit]:
             splits=p.splits,
         )
         for p in run_plans(spec)
-        for epoch in spec.epochs_to_probe
+        for epoch in p.probe_epochs
         for layer in spec.arch(p.arch).probe_layers()
     ]
 
@@ -398,7 +404,7 @@ def consistency_units(spec: ExperimentSpec) -> list[ConsistencyUnit]:
             (run_id_for(spec.experiment_id, dataset_id, arch, seed), seed) for seed in spec.seeds
         )
         for epoch, method, factor in itertools.product(
-            spec.epochs_to_probe, c.methods, c.overclustering_factors
+            spec.probe_epochs_for(arch), c.methods, c.overclustering_factors
         ):
             units.append(
                 ConsistencyUnit(
