@@ -11,9 +11,17 @@ from actors.datasets.synthetic import write_cifar, write_image_tree
 from actors.models import ModelConfig
 from jobs.spec import ExperimentSpec
 
-EXAMPLES = sorted(
-    p for p in (Path(__file__).parents[2] / "examples").glob("*.yaml") if p.stem != "quickstart"
-)
+BUILT_IN = {"digits", "shapes"}
+
+
+def _on_built_ins(path: Path) -> bool:
+    """A CPU recipe (quickstart, the 2-core studies): only built-in datasets."""
+    return all(d["name"] in BUILT_IN for d in yaml.safe_load(path.read_text())["datasets"])
+
+
+ALL_EXAMPLES = sorted((Path(__file__).parents[2] / "examples").glob("*.yaml"))
+EXAMPLES = [p for p in ALL_EXAMPLES if not _on_built_ins(p)]
+CPU_EXAMPLES = [p for p in ALL_EXAMPLES if _on_built_ins(p)]
 VAL_PER_CLASS = 5  # k = 4 subclasses x factor 5 must fit in a superclass's held-out images
 
 
@@ -26,13 +34,19 @@ def roots(tmp_path_factory):
         base / "imagenet", sorted(wnids), {"train": 1, "val": VAL_PER_CLASS}, size=8
     )
     cifar = write_cifar(base / "cifar", "cifar10", 20, 50)
+    write_cifar(base / "cifar", "cifar100", 200, 200)  # 2 images a class, 10 a superclass
     # torchvision's ImageNet ResNet-50 state_dict, shapes only (a stand-in for the real file)
     meta = ModelConfig("resnet50").create(in_channels=3, num_classes=1000, device="meta")
     weights = base / "resnet50.pth"
     torch.save(
         {k: torch.zeros(v.shape, dtype=v.dtype) for k, v in meta.state_dict().items()}, weights
     )
-    return {"imagenet": str(imagenet), "cifar10": str(cifar), "weights": str(weights)}
+    return {
+        "imagenet": str(imagenet),
+        "cifar10": str(cifar),
+        "cifar100": str(cifar),
+        "weights": str(weights),
+    }
 
 
 def test_there_are_recipes_for_the_papers_models():
@@ -53,4 +67,11 @@ def test_example_validates_on_generated_roots(path, roots):
             item["weights"] = roots["weights"]
     spec = ExperimentSpec.from_dict(data, source=path.name)
     assert spec.resources.trainer_gpus >= 1 and spec.resources.device == "cuda"
+    assert all(a.probe_layers() for a in spec.arch_specs)
+
+
+@pytest.mark.parametrize("path", CPU_EXAMPLES, ids=lambda p: p.stem)
+def test_cpu_example_validates_as_is(path):
+    spec = ExperimentSpec.from_yaml(path)
+    assert spec.resources.trainer_gpus == 0
     assert all(a.probe_layers() for a in spec.arch_specs)
