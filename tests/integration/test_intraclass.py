@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from typer.testing import CliRunner
 
+from jobs.cli import app
 from jobs.pipeline import run_experiment
 from jobs.spec import ExperimentSpec
 from services.findings import finding
@@ -129,3 +131,17 @@ def test_finding_kendall_is_the_sign_agreement_of_the_two_points(study):
 def test_a_rerun_commits_nothing(study):
     spec, store = study
     assert run_experiment(spec, store).committed == {}
+
+
+def test_show_and_report_give_the_finding(study, tmp_path):
+    spec, store = study
+    runner = CliRunner()
+    shown = runner.invoke(app, ["show", spec.experiment_id, "--store", str(store.root)])
+    assert shown.exit_code == 0, shown.output
+    assert "reproduction of Carbonnelle & De Vleeschouwer" in " ".join(shown.output.split())
+    out = tmp_path / "report"
+    made = runner.invoke(
+        app, ["report", spec.experiment_id, "--store", str(store.root), "--out", str(out)]
+    )
+    assert made.exit_code == 0, made.output
+    assert "Reproduction: Carbonnelle" in (out / "index.html").read_text()
