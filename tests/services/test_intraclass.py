@@ -128,3 +128,17 @@ def test_hooked_linear_pre_activation_is_not_overwritten_by_the_in_place_relu():
         expected = model.fc1[0](pooled)
     assert torch.allclose(features["fc1.0"], expected, atol=1e-6)
     assert (features["fc1.0"] < 0).any()  # a pre-activation, not the ReLU's output
+
+
+def test_training_augment_changes_what_is_learned():
+    from actors.datasets import DatasetConfig
+    from actors.training import Trainer, TrainingConfig
+
+    config = ModelConfig(name="small_cnn", options={"width": 4})
+    weights = {}
+    for augment in (False, True):
+        training = TrainingConfig(epochs=1, checkpoint_every=0, augment=augment)
+        trainer = Trainer(config, DatasetConfig("digits", "coarse"), training, seed=0)
+        trainer.train_to(1)
+        weights[augment] = trainer.model.conv1[0].weight.detach().clone()
+    assert not torch.equal(weights[False], weights[True])
