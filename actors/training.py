@@ -32,6 +32,7 @@ from torch import nn
 
 from actors.checkpoints import CheckpointStore
 from actors.datasets import DatasetConfig, batches, build_dataset, image_loader
+from actors.datasets.transforms import augment_batch
 from actors.losses import (
     DEFAULT_COSINE_TEMPERATURE,
     DEFAULT_LABEL_SMOOTHING,
@@ -100,6 +101,7 @@ class TrainingConfig:
     label_smoothing: float = DEFAULT_LABEL_SMOOTHING
     cosine_temperature: float = DEFAULT_COSINE_TEMPERATURE
     dropout: float = 0.0
+    augment: bool = False  # random crops and flips of each training batch
     ema_decay: float | None = None
     bn_momentum: float | None = None
     eval_batch_size: int = EVAL_BATCH_SIZE
@@ -332,6 +334,8 @@ class Trainer:
             for step, (x, positions) in enumerate(batches(loader)):
                 self._set_lr(self.epoch * self._steps_per_epoch + step)
                 y = self._superclass_of[subclass[positions]].to(self.device, non_blocking=True)
+                if self.training.augment:
+                    x = augment_batch(x, self._generator)
                 with self._autocast():
                     loss = self._batch_loss(x, y)
                 self._optimizer.zero_grad(set_to_none=True)

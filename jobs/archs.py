@@ -132,7 +132,11 @@ def register_stored_archs(spec_json: str) -> None:
     """Register the arch keys of a stored spec (its ``experiments`` row) for layer lookups.
 
     Items are rebuilt without validation: a weights file need not exist any more.
+    A ``grid`` expands each item into its grid points' keys.
     """
-    for item in json.loads(spec_json).get("archs", []):
-        if isinstance(item, dict):
-            ArchSpec.model_construct(**item).register()
+    from jobs.grid import GridSpec, expand, stored_archs
+
+    data = json.loads(spec_json)
+    grid = GridSpec.model_validate(data["grid"]) if data.get("grid") else None
+    for arch, _ in expand(stored_archs(data), grid):
+        arch.register()

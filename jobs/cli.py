@@ -426,8 +426,8 @@ def show(
             f"{r.train_seconds:.1f}",
         )
     console.print(table)
+    _print_finding(opened, experiment)  # first: the profile may fail on a method not run
     _print_profile(opened, experiment, method)
-    _print_finding(opened, experiment)
 
 
 def _print_finding(store: EmbeddingStore, experiment: str) -> None:

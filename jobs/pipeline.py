@@ -33,6 +33,7 @@ from actors.workers import (
     samples_task,
     samples_unit_key,
 )
+from jobs.intraclass import intraclass_units, score_intraclass
 from jobs.plan import CapacityPlan, check_capacity
 from jobs.spec import ArchSpec, DatasetSpec, ExperimentSpec, SpecError, load_dataset
 from services.scoring import (
@@ -50,6 +51,7 @@ from storage.filters import where
 score_clusterings_task = ray.remote(max_retries=TASK_RETRIES)(score_clusterings)
 score_layer_task = ray.remote(max_retries=TASK_RETRIES)(score_layer)
 score_consistency_task = ray.remote(max_retries=TASK_RETRIES)(score_consistency)
+score_intraclass_task = ray.remote(max_retries=TASK_RETRIES)(score_intraclass)
 
 
 class WorkerLostError(RuntimeError):
@@ -233,9 +235,9 @@ def run_plan(spec: ExperimentSpec, dataset: DatasetSpec, arch: ArchSpec, seed: i
         experiment_id=spec.experiment_id,
         arch=arch.stored_key,
         model=arch.config(),
-        probe_epochs=tuple(spec.epochs_to_probe),
+        probe_epochs=tuple(spec.probe_epochs_for(arch.stored_key)),
         dataset=dataset.config(),
-        training=spec.training.config(),
+        training=spec.training_for(arch.stored_key).config(),
         seed=seed,
         splits=load_dataset(dataset).splits,
         device=spec.resources.device,
@@ -276,7 +278,7 @@ def train_and_extract(
             task.remote(
                 store,
                 plan,
-                spec.epochs_to_probe[-1],
+                plan.probe_epochs[-1],
                 workers=r.ddp_workers,
                 cpus_per_worker=r.trainer_cpus,
                 use_gpu=r.trainer_gpus > 0,
@@ -291,7 +293,7 @@ def train_and_extract(
             store, plan, threads
         )
         refs = []
-        for epoch in spec.epochs_to_probe:
+        for epoch in plan.probe_epochs:
             missing = {
                 embedding_unit_key(plan.run_id, epoch, layer, split)
                 for layer, keys in committed[plan.arch].items()
@@ -299,7 +301,7 @@ def train_and_extract(
                 if embedding_unit_key(plan.run_id, epoch, layer, split) not in keys
             }
             refs.append(actor.extract.remote(epoch, missing))
-        refs.append(actor.finish.remote(spec.epochs_to_probe[-1]))
+        refs.append(actor.finish.remote(plan.probe_epochs[-1]))
         pending.update(dict.fromkeys(refs, _killer(actor, len(refs))))
     _drain("train + extract", pending, store, progress, counts)
     if plans:
@@ -335,7 +337,7 @@ def cluster_units(spec: ExperimentSpec) -> list[ClusterUnit]:
         data = load_dataset(dataset)
         per_super = data.hierarchy.subclasses_per_superclass()
         for epoch, layer, method in itertools.product(
-            spec.epochs_to_probe, arch.probe_layers(), c.methods
+            plan.probe_epochs, arch.probe_layers(), c.methods
         ):
             units.append(
                 ClusterUnit(
@@ -397,7 +399,8 @@ def cluster_memory(spec: ExperimentSpec, capacity: CapacityPlan) -> dict[str, in
 def score(
     spec: ExperimentSpec, store: EmbeddingStore, progress: Progress, counts: StageCounts
 ) -> None:
-    """Scores per clustering, NCC per layer, and cross-seed ARI per pair of layers."""
+    """Scores per clustering, NCC per layer, intraclass measures per run, and cross-seed
+    ARI per pair of layers."""
     opts = {"num_cpus": spec.resources.worker_cpus}
     done_metrics = store.committed_keys(S.METRICS)
     done_pairs = store.committed_keys(S.PAIRS)
@@ -411,6 +414,9 @@ def score(
     for unit in layer_units(spec):
         if unit.unit_key not in done_metrics:
             pending[score_layer_task.options(**opts).remote(store, unit)] = None
+    for unit in intraclass_units(spec, run_plans(spec)):
+        if unit.unit_key not in done_metrics:
+            pending[score_intraclass_task.options(**opts).remote(store, unit)] = None
     for unit in consistency_units(spec):
         if unit.unit_key not in done_pairs:
             pending[score_consistency_task.options(**opts).remote(store, unit)] = None
@@ -439,7 +445,7 @@ def layer_units(spec: ExperimentSpec) -> list[LayerUnit]:
             random_state=spec.clustering.random_state,
         )
         for p in run_plans(spec)
-        for epoch in spec.epochs_to_probe
+        for epoch in p.probe_epochs
         for layer in spec.arch(p.arch).probe_layers()
     ]
 
@@ -457,7 +463,7 @@ def consistency_units(spec: ExperimentSpec) -> list[ConsistencyUnit]:
             (run_id_for(spec.experiment_id, dataset_id, arch, seed), seed) for seed in spec.seeds
         )
         for epoch, method, factor in itertools.product(
-            spec.epochs_to_probe, c.methods, c.overclustering_factors
+            spec.probe_epochs_for(arch), c.methods, c.overclustering_factors
         ):
             units.append(
                 ConsistencyUnit(

@@ -38,6 +38,7 @@ from jobs.archs import (
     as_arch,
     register_stored_archs,
 )
+from jobs.grid import GridSpec, expand, training_overrides
 
 DEFAULT_MAX_BYTES_PER_SAMPLE = 256 * 1024
 __all__ = ["ArchSpec", "ExperimentSpec", "SpecError", "load_dataset", "register_stored_archs"]
@@ -132,6 +133,9 @@ class TrainingSpec(_Strict):
     label_smoothing: float = Field(0.1, ge=0, lt=1, description="for loss label_smoothing")
     cosine_temperature: float = Field(0.05, gt=0, description="for loss cosine_softmax")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the head's input")
+    augment: bool = Field(
+        False, description="random crops (padding 1/8 of the side) and horizontal flips"
+    )
     ema_decay: float | None = Field(
         None, gt=0, lt=1, description="keep an EMA of the weights (per step) and extract it"
     )
@@ -202,6 +206,7 @@ class ClusteringSpec(_Strict):
 
 REPRESENTATION_METRICS = ("ncc", "cdnv", "nc1", "nc2", "clp")
 CONSISTENCY_METRICS = ("ari", "ami", "nmi")
+INTRACLASS_METRICS = ("c1", "c2", "c3", "c4")
 
 
 class MetricsSpec(_Strict):
@@ -221,6 +226,17 @@ class MetricsSpec(_Strict):
         default_factory=lambda: ["ari"],
         description="scores between every pair of seeds' clusterings, for every pair of layers",
     )
+
+    intraclass: list[str] = Field(
+        default_factory=list,
+        description="intraclass clustering measures c1-c4 (Carbonnelle & De Vleeschouwer) "
+        "of each run on its training split, over every probed layer",
+    )
+
+    @field_validator("intraclass")
+    @classmethod
+    def _intraclass(cls, value: list[str]) -> list[str]:
+        return _known(value, INTRACLASS_METRICS, "intraclass metric")
 
     @field_validator("clustering")
     @classmethod
@@ -344,6 +360,11 @@ class ExperimentSpec(_Strict):
         "layers, pool, tokens, options, load_head}",
     )
     seeds: list[int] = Field(min_length=1)
+    grid: GridSpec | None = Field(
+        None,
+        description="hyper-parameter values (lr, batch_size, weight_decay, dropout, augment, "
+        "epochs, width); each archs item trains once per combination, under its own arch key",
+    )
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     probe_epochs: list[int] | None = Field(
         None, description="epochs after which layers are extracted; default: the last epoch"
@@ -392,6 +413,13 @@ class ExperimentSpec(_Strict):
     @model_validator(mode="after")
     def _consistent(self, info: ValidationInfo) -> ExperimentSpec:
         epochs = self.training.epochs
+        if self.grid is not None and self.grid.epochs and self.probe_epochs:
+            raise ValueError(
+                "grid.epochs probes each run after its own last epoch, so probe_epochs "
+                "cannot be set too; remove one"
+            )
+        for arch in self.arch_specs:
+            self.training_for(arch.stored_key)  # each grid point's training is valid
         bad = [e for e in self.epochs_to_probe if not 0 <= e <= epochs]
         if bad:
             raise ValueError(f"probe_epochs {bad} are outside 0..training.epochs={epochs}")
@@ -407,7 +435,9 @@ class ExperimentSpec(_Strict):
             _check_cluster_sizes(dataset, self.clustering)
             force = bool((info.context or {}).get("force"))
             _check_data_parallel(self.training, self.resources)
-            _check_models(dataset, self.arch_specs, self.training, self.storage, force)
+            for arch in self.arch_specs:
+                training = self.training_for(arch.stored_key)
+                _check_models(dataset, [arch], training, self.storage, force)
         return self
 
     @property
@@ -418,8 +448,31 @@ class ExperimentSpec(_Strict):
 
     @property
     def arch_specs(self) -> list[ArchSpec]:
-        """Every item of ``archs`` as an :class:`ArchSpec` (a plain name has defaults)."""
-        return [as_arch(item) for item in self.archs]
+        """Every item of ``archs`` as an :class:`ArchSpec` (a plain name has defaults);
+        with a ``grid``, one per item and grid point, each under its own key."""
+        return [arch for arch, _ in self._expanded]
+
+    @property
+    def _expanded(self) -> list[tuple[ArchSpec, dict]]:
+        return expand([as_arch(item) for item in self.archs], self.grid)
+
+    def grid_point(self, key: str) -> dict:
+        """The hyper-parameters of the grid point stored under arch key ``key`` ({} if none)."""
+        return next(point for arch, point in self._expanded if arch.stored_key == key)
+
+    def training_for(self, key: str) -> TrainingSpec:
+        """The training of the runs stored under arch key ``key``: the spec's ``training``
+        with the key's grid point applied."""
+        overrides = training_overrides(self.grid_point(key))
+        if not overrides:
+            return self.training
+        return TrainingSpec.model_validate({**self.training.model_dump(), **overrides})
+
+    def probe_epochs_for(self, key: str) -> list[int]:
+        """The epochs probed in the runs of arch key ``key`` (a grid's epochs: its last)."""
+        if self.grid is not None and self.grid.epochs:
+            return [self.training_for(key).epochs]
+        return self.epochs_to_probe
 
     def arch(self, key: str) -> ArchSpec:
         """The item stored under arch key ``key``."""

@@ -39,6 +39,15 @@ if TYPE_CHECKING:
 CLUSTER_METRICS = ("ami", "purity")  # drawn against layer and epoch for every method
 REPRESENTATION_METRICS = ("ncc_subclass", "ncc_superclass")  # drawn once, method-independent
 REPRESENTATION = "representation"  # the ``method`` of per-layer (not per-clustering) rows
+PER_RUN_METHODS = ("intraclass",)  # one value per run (layer "all"): the study's finding
+
+
+def _per_layer(metrics) -> pd.DataFrame:
+    """The per-layer ``metrics`` rows (the per-run intraclass measures left out)."""
+    metrics = metrics.to_pandas()
+    return metrics[~metrics.method.isin(PER_RUN_METHODS)]
+
+
 PROFILE_KEYS = ["dataset_id", "arch", "epoch", "layer"]
 # Rows of the pipeline's cross-seed stage; `stratalens compare` rows (keys "compare/...")
 # pair other sides (archs, experiments, epochs) and are drawn by compare_matrix alone.
@@ -69,7 +78,7 @@ def layer_profile(
     ``factor`` defaults to the smallest overclustering factor stored.
     """
     runs = runs_frame(store, experiment_id)
-    metrics = store.read(S.METRICS, filter=where(experiment_id=experiment_id)).to_pandas()
+    metrics = _per_layer(store.read(S.METRICS, filter=where(experiment_id=experiment_id)))
     return _profile(metrics, runs, experiment_id, method, factor)
 
 
@@ -132,7 +141,7 @@ def report_sections(store: EmbeddingStore, experiment_id: str, render: Render) -
     ``render(figure, name)`` gives the HTML of each figure.
     """
     runs = runs_frame(store, experiment_id)
-    metrics = store.read(S.METRICS, filter=where(experiment_id=experiment_id)).to_pandas()
+    metrics = _per_layer(store.read(S.METRICS, filter=where(experiment_id=experiment_id)))
     pairs = store.read(
         S.PAIRS,
         columns=["dataset_id", "arch", "epoch", "method", "overclustering_factor", "metric"]

@@ -59,3 +59,22 @@ def thumbnail_png(image: torch.Tensor, size: int = THUMBNAIL_SIZE) -> bytes:
     """PNG bytes of a uint8 (C, H, W) image, shorter side ``size`` (upscaled if smaller)."""
     small = v2.Resize(size, antialias=True)(image)
     return encode_png(small.contiguous()).numpy().tobytes()
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random crops and horizontal flips of a training batch (B, C, H, W), per image.
+
+    Each image is zero-padded by 1/8 of its side (at least 1 pixel), cropped back
+    to its size at a random offset, and flipped left-right with probability 1/2
+    (the CIFAR recipe; the spec's ``training.augment``). Draws come from ``generator``.
+    """
+    n, _, height, width = x.shape
+    pad = max(1, height // 8)
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).tolist()
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).tolist()
+    flip = torch.rand(n, generator=generator) < 0.5
+    out = torch.stack(
+        [padded[i, :, dy[i] : dy[i] + height, dx[i] : dx[i] + width] for i in range(n)]
+    )
+    return torch.where(flip[:, None, None, None], out.flip(-1), out)

@@ -80,7 +80,12 @@ class LayerTaps:
 
     def _hook(self, name: str):
         def record(_module, _inputs, output):
-            self.outputs[name] = reduce_output(output, pool=self.pool, tokens=self.tokens)
+            value = reduce_output(output, pool=self.pool, tokens=self.tokens)
+            if value.data_ptr() == output.data_ptr():
+                # a (B, d) output is kept as is: copy it, or an in-place ReLU that runs
+                # next (a Linear's pre-activation) would overwrite what was recorded
+                value = value.clone()
+            self.outputs[name] = value
 
         return record
 

@@ -48,5 +48,6 @@ class TinyResNet(nn.Module):
 
 
 @register_model("tiny_resnet")
-def tiny_resnet(in_channels: int, num_classes: int) -> TinyResNet:
-    return TinyResNet(in_channels, num_classes)
+def tiny_resnet(in_channels: int, num_classes: int, width: int = 16) -> TinyResNet:
+    """``width``: channels of the stem and stage 1 (stage 2 has 2x, stage 3 4x)."""
+    return TinyResNet(in_channels, num_classes, width=width)

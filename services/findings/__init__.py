@@ -31,6 +31,7 @@ STUDIES: dict[str, str] = {
     "probing": "probing",
     "clp": "clp",
     "ssl": "ssl",
+    "intraclass": "intraclass",
 }
 
 

@@ -100,8 +100,6 @@ def intraclass_c4(layers, labels, *, k: int = 1, random_state: int = 0) -> float
 
     Each neuron is standardised, then shifted so that 25% of samples are active, then ReLU.
     """
-    from scipy.spatial.distance import pdist
-
     labels = np.asarray(labels)
     rng = np.random.RandomState(random_state)
     per_layer = []
@@ -110,15 +108,48 @@ def intraclass_c4(layers, labels, *, k: int = 1, random_state: int = 0) -> float
         Z = (Z - Z.mean(0)) / np.where(Z.std(0) > 0, Z.std(0), 1)
         Z = np.maximum(Z - np.quantile(Z, 1 - C4_ACTIVE_FRACTION, axis=0), 0)
         sample = rng.choice(len(Z), min(len(Z), C4_MAX_SAMPLES), replace=False)
-        overall = np.nanstd(pdist(Z[sample], metric="cosine"))
+        overall = _std(_cosine_distances(Z[sample]))
         ratios = {}
         for c in np.unique(labels):
             members = np.flatnonzero(labels == c)
             members = members[:C4_MAX_SAMPLES]
-            ratios[c] = np.nanstd(pdist(Z[members], metric="cosine")) / overall
+            ratios[c] = _std(_cosine_distances(Z[members])) / overall
         per_layer.append(ratios)
-    classes = sorted(per_layer[0])
-    return float(np.mean([_top_k_mean(np.array([v[c] for v in per_layer]), k) for c in classes]))
+    scores = []
+    for c in sorted(per_layer[0]):
+        finite = np.array([v[c] for v in per_layer if np.isfinite(v[c])])
+        if finite.size:  # a class none of whose samples a layer activates is left out
+            scores.append(_top_k_mean(finite, k))
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def _cosine_distances(Z: np.ndarray) -> np.ndarray:
+    """Condensed pairwise cosine distances between the rows of ``Z`` that have an active
+    neuron (a zero row has no direction: its distances are undefined and left out)."""
+    from scipy.spatial.distance import pdist
+
+    return pdist(Z[np.abs(Z).sum(axis=1) > 0], metric="cosine")
+
+
+def _std(values: np.ndarray) -> float:
+    return float(values.std()) if values.size else float("nan")
+
+
+def kendall_tau(measure, accuracy) -> float:
+    """Kendall's tau as Jiang et al. (2020) define it: the mean over ordered pairs of
+    models of sign(measure difference) x sign(accuracy difference).
+
+    A tied pair counts 0 (tau-a); without ties it equals ``scipy.stats.kendalltau``.
+    NaN for fewer than two models.
+    """
+    measure, accuracy = np.asarray(measure, float), np.asarray(accuracy, float)
+    n = len(measure)
+    if n < 2:
+        return float("nan")
+    signs = np.sign(measure[:, None] - measure[None, :]) * np.sign(
+        accuracy[:, None] - accuracy[None, :]
+    )
+    return float(signs.sum() / (n * (n - 1)))
 
 
 def granulated_kendall(measure, accuracy, hyperparameters) -> tuple[float, dict[int, float]]:
@@ -133,13 +164,12 @@ def granulated_kendall(measure, accuracy, hyperparameters) -> tuple[float, dict[
     Returns
     -------
     total : float
-        Mean over axes of the per-axis coefficients.
+        Mean over axes of the per-axis coefficients (axes with no variation left out).
     per_axis : dict
-        For axis i: the mean Kendall tau over groups of models that share every
-        other hyperparameter and differ only along axis i.
+        For axis i: the mean :func:`kendall_tau` over groups of models that share
+        every other hyperparameter and differ only along axis i (NaN when no group
+        varies along it).
     """
-    from scipy.stats import kendalltau
-
     measure, accuracy = np.asarray(measure, float), np.asarray(accuracy, float)
     H = np.asarray(hyperparameters, dtype=object)
     if H.ndim != 2 or H.shape[0] != measure.shape[0] or accuracy.shape != measure.shape:
@@ -151,11 +181,10 @@ def granulated_kendall(measure, accuracy, hyperparameters) -> tuple[float, dict[
         for model, row in enumerate(H):
             groups.setdefault(tuple(row[others]), []).append(model)
         taus = [
-            kendalltau(measure[g], accuracy[g]).statistic
+            kendall_tau(measure[g], accuracy[g])
             for g in groups.values()
             if len(g) > 1 and len(set(H[g, axis])) > 1
         ]
-        taus = [t for t in taus if np.isfinite(t)]
         per_axis[axis] = float(np.mean(taus)) if taus else float("nan")
     finite = [v for v in per_axis.values() if np.isfinite(v)]
     return (float(np.mean(finite)) if finite else float("nan")), per_axis
@@ -164,6 +193,7 @@ def granulated_kendall(measure, accuracy, hyperparameters) -> tuple[float, dict[
 __all__ = [
     "global_max_pool",
     "granulated_kendall",
+    "kendall_tau",
     "intraclass_c1",
     "intraclass_c2",
     "intraclass_c3",

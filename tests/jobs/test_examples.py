@@ -33,7 +33,7 @@ def roots(tmp_path_factory):
         base / "imagenet", sorted(wnids), {"train": 1, "val": VAL_PER_CLASS}, size=8
     )
     cifar = write_cifar(base / "cifar", "cifar10", 20, 50)
-    write_cifar(base / "cifar", "cifar100", 100, 500)  # 25 held-out images per superclass
+    write_cifar(base / "cifar", "cifar100", 200, 500)  # 2 a class; 25 test images a superclass
     # torchvision's ImageNet ResNet-50 state_dict, shapes only (a stand-in for the real file)
     meta = ModelConfig("resnet50").create(in_channels=3, num_classes=1000, device="meta")
     weights = base / "resnet50.pth"
@@ -74,3 +74,5 @@ def test_cpu_study_validates_as_is(path):
     """The one-command studies on the built-in datasets: a paper's finding, >= 3 seeds."""
     spec = ExperimentSpec.from_yaml(path)
     assert spec.study and len(spec.seeds) >= 3
+    assert spec.resources.trainer_gpus == 0
+    assert all(a.probe_layers() for a in spec.arch_specs)
