@@ -27,7 +27,9 @@ if TYPE_CHECKING:
     from storage import EmbeddingStore
 
 # study name -> module (in this package) whose ``finding`` checks it
-STUDIES: dict[str, str] = {}
+STUDIES: dict[str, str] = {
+    "digits": "digits",
+}
 
 
 @dataclass(frozen=True)

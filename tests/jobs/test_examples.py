@@ -11,9 +11,17 @@ from actors.datasets.synthetic import write_cifar, write_image_tree
 from actors.models import ModelConfig
 from jobs.spec import ExperimentSpec
 
-EXAMPLES = sorted(
-    p for p in (Path(__file__).parents[2] / "examples").glob("*.yaml") if p.stem != "quickstart"
-)
+BUILT_IN = {"digits", "shapes"}
+
+
+def _on_cpu(path: Path) -> bool:
+    """A spec on the built-in datasets alone (the quickstart, the CPU studies)."""
+    return {d["name"] for d in yaml.safe_load(path.read_text())["datasets"]} <= BUILT_IN
+
+
+ALL_EXAMPLES = sorted((Path(__file__).parents[2] / "examples").glob("*.yaml"))
+EXAMPLES = [p for p in ALL_EXAMPLES if not _on_cpu(p)]
+CPU_EXAMPLES = [p for p in ALL_EXAMPLES if _on_cpu(p)]
 VAL_PER_CLASS = 5  # k = 4 subclasses x factor 5 must fit in a superclass's held-out images
 
 
@@ -54,3 +62,11 @@ def test_example_validates_on_generated_roots(path, roots):
     spec = ExperimentSpec.from_dict(data, source=path.name)
     assert spec.resources.trainer_gpus >= 1 and spec.resources.device == "cuda"
     assert all(a.probe_layers() for a in spec.arch_specs)
+
+
+@pytest.mark.parametrize("path", CPU_EXAMPLES, ids=lambda p: p.stem)
+def test_cpu_example_validates_as_is(path):
+    spec = ExperimentSpec.from_yaml(path)
+    assert spec.resources.trainer_gpus == 0
+    if spec.study:
+        assert len(spec.seeds) >= 3
