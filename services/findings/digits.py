@@ -25,6 +25,7 @@ import pandas as pd
 
 from actors.models import ModelConfig, config_layers, default_layers
 from services.findings import Finding, Measured
+from services.metrics import adjusted_mutual_info_score
 from storage import schema as S
 from storage.filters import where
 
@@ -58,11 +59,12 @@ ARCH_LABELS = {
 
 @dataclass(frozen=True)
 class Cell:
-    """One setting: the split clustered, the arch key and which probe epoch (first or last)."""
+    """One setting: the split clustered, the arch key, which probe epoch (first or last), scope."""
 
     split: str
     arch: str
     last_epoch: bool
+    scope: str = "superclass"  # or "all": the whole split in k = 10 clusters
 
 
 # factor -> (the quickstart-side cell, the cell with that factor changed)
@@ -80,15 +82,21 @@ CONTRASTS: dict[str, tuple[Cell, Cell]] = {
         Cell(HELDOUT, "gap_4x4", True),
         Cell(HELDOUT, REFERENCE, True),
     ),
+    "scope (within superclasses -> whole split)": (
+        Cell(TRAIN, QUICKSTART, True),
+        Cell(TRAIN, QUICKSTART, True, scope="all"),
+    ),
 }
 
 
-def study_experiments(store: EmbeddingStore, experiment_id: str) -> dict[str, tuple[str, dict]]:
-    """``{split clustered: (experiment_id, spec)}`` of the store's ``study: digits`` experiments.
+def study_experiments(
+    store: EmbeddingStore, experiment_id: str
+) -> dict[tuple[str, str], tuple[str, dict]]:
+    """``{(split, scope) clustered: (experiment_id, spec)}`` of the ``study: digits`` experiments.
 
     Only experiments on the same datasets as ``experiment_id`` count; it
-    answers for its own split, another split is answered by the newest other
-    experiment that clusters it.
+    answers for its own split and scope, another one is answered by the newest
+    other experiment that clusters it.
     """
     rows = store.read(S.EXPERIMENTS, columns=["experiment_id", "spec", "created_at"]).to_pylist()
     specs = {row["experiment_id"]: json.loads(row["spec"]) for row in rows}
@@ -97,8 +105,10 @@ def study_experiments(store: EmbeddingStore, experiment_id: str) -> dict[str, tu
     for row in sorted(rows, key=lambda r: (r["experiment_id"] == experiment_id, r["created_at"])):
         spec = specs[row["experiment_id"]]
         if spec.get("study") == STUDY and spec["datasets"] == datasets:
-            split = spec.get("clustering", {}).get("split", "heldout")
-            found[HELDOUT if split == "heldout" else split] = (row["experiment_id"], spec)
+            clustering = spec.get("clustering", {})
+            split = clustering.get("split", "heldout")
+            key = (HELDOUT if split == "heldout" else split, clustering.get("scope", "superclass"))
+            found[key] = (row["experiment_id"], spec)
     return found
 
 
@@ -118,8 +128,11 @@ def penultimate_layers(spec: dict) -> dict[str, str]:
     return layers
 
 
+KEYS = ["dataset_id", "arch", "epoch", "seed", "split", "layer"]
+
+
 def penultimate_ami(store: EmbeddingStore, experiment_id: str, spec: dict) -> pd.DataFrame:
-    """One row per (arch, epoch, seed): split, layer and the Ward AMI, mean over superclasses.
+    """One row per (arch, epoch, seed): split, layer and the Ward AMI, mean over scopes.
 
     The smallest overclustering factor stored is read (k = subclasses when it is 1).
     """
@@ -127,17 +140,15 @@ def penultimate_ami(store: EmbeddingStore, experiment_id: str, spec: dict) -> pd
     for arch, layer in penultimate_layers(spec).items():
         rows = store.read(
             S.METRICS,
-            columns=["arch", "epoch", "seed", "split", "layer", "overclustering_factor", "value"],
+            columns=[*KEYS, "overclustering_factor", "value"],
             filter=where(
                 experiment_id=experiment_id, arch=arch, layer=layer, method=METHOD, metric="ami"
             ),
         ).to_pandas()
         rows = rows[rows.overclustering_factor == rows.overclustering_factor.min()]
         frames.append(
-            rows.groupby(["arch", "epoch", "seed", "split", "layer"], as_index=False)[
-                "value"
-            ].mean()
-        )  # over superclasses
+            rows.groupby(KEYS, as_index=False)["value"].mean()  # over superclasses
+        )
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return table.rename(columns={"value": "ami"})
 
@@ -145,9 +156,11 @@ def penultimate_ami(store: EmbeddingStore, experiment_id: str, spec: dict) -> pd
 def study_table(store: EmbeddingStore, experiment_id: str) -> pd.DataFrame:
     """Penultimate AMI of every digits experiment in the store, with a ``last_epoch`` column."""
     frames = []
-    for _, (exp_id, spec) in sorted(study_experiments(store, experiment_id).items()):
+    for (_, scope), (exp_id, spec) in sorted(study_experiments(store, experiment_id).items()):
         table = penultimate_ami(store, exp_id, spec)
         if not table.empty:
+            table["scope"] = scope
+            table["trained"] = _trained(store, exp_id, table)
             table["last_epoch"] = table.epoch == table.epoch.max()
             table["first_epoch"] = table.epoch == table.epoch.min()
             frames.append(table)
@@ -158,10 +171,21 @@ def study_table(store: EmbeddingStore, experiment_id: str) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def _trained(store: EmbeddingStore, experiment_id: str, table: pd.DataFrame) -> pd.Series:
+    """Per row of ``table``: whether its run's held-out superclass accuracy left chance."""
+    runs = store.read(
+        S.RUNS, columns=["arch", "seed", "test_accuracy"], filter=where(experiment_id=experiment_id)
+    ).to_pandas()
+    accuracy = runs.set_index(["arch", "seed"]).test_accuracy
+    keys = pd.MultiIndex.from_arrays([table.arch, table.seed])
+    return pd.Series(accuracy.reindex(keys).to_numpy() >= UNTRAINED, index=table.index)
+
+
 def cell_rows(table: pd.DataFrame, cell: Cell) -> pd.DataFrame:
     """The rows of ``table`` in ``cell`` (none when the store lacks it)."""
     epoch_column = "last_epoch" if cell.last_epoch else "first_epoch"
-    return table[(table.split == cell.split) & (table.arch == cell.arch) & table[epoch_column]]
+    chosen = (table.split == cell.split) & (table.arch == cell.arch) & (table.scope == cell.scope)
+    return table[chosen & table[epoch_column]]
 
 
 def cell_values(table: pd.DataFrame, cell: Cell) -> pd.Series:
@@ -172,19 +196,40 @@ def cell_values(table: pd.DataFrame, cell: Cell) -> pd.Series:
 def effects(table: pd.DataFrame) -> dict[str, pd.Series]:
     """Per-seed effect of each factor of :data:`CONTRASTS` measurable in ``table``.
 
-    A contrast is left out when a cell is missing or both cells are the same
-    rows (one probe epoch: first and last are one).
+    Only seeds whose runs trained in both cells count (a run left at chance
+    compares an untrained network). A contrast is left out when no seed is
+    left, a cell is missing, or both cells are the same rows (one probe epoch:
+    first and last are one).
     """
     found = {}
     for factor, (base, changed) in CONTRASTS.items():
         a, b = cell_rows(table, base), cell_rows(table, changed)
         if a.index.equals(b.index):
             continue
+        a, b = a[a.trained], b[b.trained]
         a, b = a.set_index("seed").ami, b.set_index("seed").ami
         seeds = a.index.intersection(b.index).sort_values()
         if len(seeds):
             found[factor] = b[seeds] - a[seeds]
     return found
+
+
+def superclass_only_ami(store: EmbeddingStore, dataset_id: str, split: str) -> float:
+    """AMI of the superclass labels themselves against the subclasses, over a whole split.
+
+    What a clustering of the whole split scores when it finds the superclasses
+    and nothing of the subclasses.
+    """
+    labels = store.read(
+        S.SAMPLES,
+        columns=["subclass", "superclass"],
+        filter=where(dataset_id=dataset_id, split=split),
+    )
+    return float(
+        adjusted_mutual_info_score(
+            labels.column("subclass").to_numpy(), labels.column("superclass").to_numpy()
+        )
+    )
 
 
 def untrained_runs(store: EmbeddingStore, experiment_id: str) -> list[str]:
@@ -205,21 +250,42 @@ def untrained_runs(store: EmbeddingStore, experiment_id: str) -> list[str]:
 def _cell_label(row: pd.Series) -> str:
     split = "held-out" if row.split == HELDOUT else row.split
     arch = ARCH_LABELS.get(row.arch, row.arch)
-    return f"{split} split, {arch}, epoch {row.epoch}: {row.layer} AMI"
+    where_ = "whole split in k = 10 clusters" if row.scope == "all" else "within superclasses"
+    return f"{split} split, {where_}, {arch}, epoch {row.epoch}: {row.layer} AMI"
+
+
+def _chance_note(group: pd.DataFrame) -> str:
+    untrained = int((~group.trained).sum())
+    return f" ({untrained} of {len(group)} runs at chance)" if untrained else ""
+
+
+def _has_cells(table: pd.DataFrame, factor: str) -> bool:
+    base, changed = CONTRASTS[factor]
+    a, b = cell_rows(table, base), cell_rows(table, changed)
+    return not a.empty and not b.empty and not a.index.equals(b.index)
 
 
 def finding(store: EmbeddingStore, experiment_id: str) -> Finding:
     table = study_table(store, experiment_id)
     measured = [
-        Measured.of(_cell_label(cell), group.ami)
-        for _, group in table.sort_values(["split", "arch", "epoch"]).groupby(
-            ["split", "arch", "epoch"], sort=False
+        Measured.of(_cell_label(cell) + _chance_note(group), group.ami)
+        for _, group in table.sort_values(["split", "scope", "arch", "epoch"]).groupby(
+            ["split", "scope", "arch", "epoch"], sort=False
         )
         for cell in [group.iloc[0]]
+    ]
+    whole = table[table.scope == "all"].drop_duplicates(["dataset_id", "split"])
+    measured += [
+        Measured.of(
+            f"{row.split} split, whole split: AMI of the superclass labels themselves",
+            [superclass_only_ami(store, row.dataset_id, row.split)],
+        )
+        for row in whole.itertuples()
     ]
     found = effects(table)
     measured += [Measured.of(f"effect of {f} on penultimate AMI", v) for f, v in found.items()]
     explaining = [f"{f} ({v.mean():+.2f})" for f, v in found.items() if abs(v.mean()) >= EFFECT]
+    unmeasured = [f for f in CONTRASTS if f not in found and _has_cells(table, f)]
     reference = cell_values(table, Cell(TRAIN, REFERENCE, True))
     holds = bool(len(reference)) and float(reference.mean()) >= REFERENCE_AMI
     seen = f"{reference.mean():.3f}" if len(reference) else "not in this store"
@@ -229,6 +295,8 @@ def finding(store: EmbeddingStore, experiment_id: str) -> Finding:
         f"split) reaches mean penultimate AMI >= {REFERENCE_AMI} ('about 0.6'; measured: "
         f"{seen}); factors moving the mean penultimate AMI by >= {EFFECT}: "
         f"{', '.join(explaining) or 'none'}; runs left at chance (held-out superclass "
-        f"accuracy < {UNTRAINED}): {', '.join(untrained) or 'none'}"
+        f"accuracy < {UNTRAINED}), so not compared: {', '.join(untrained) or 'none'}"
+        f"{'; not measurable (no trained seed in both cells): ' if unmeasured else ''}"
+        f"{', '.join(unmeasured)}"
     )
     return Finding(STUDY, PAPER, CLAIM, tuple(measured), holds, rule)

@@ -9,6 +9,7 @@ clusterings.
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from sklearn.metrics import adjusted_mutual_info_score
@@ -39,8 +40,11 @@ def reduced(path: Path) -> dict:
 @pytest.fixture(scope="module")
 def digits_store(tmp_path_factory, local_ray):
     store = EmbeddingStore(str(tmp_path_factory.mktemp("digits") / "store"))
-    for name in ("study_digits", "study_digits_train"):
-        run_experiment(ExperimentSpec.from_dict(reduced(EXAMPLES / f"{name}.yaml")), store)
+    for name in ("study_digits", "study_digits_train", "study_digits_all"):
+        spec = reduced(EXAMPLES / f"{name}.yaml")
+        if name == "study_digits_all":
+            spec["seeds"] = SEEDS[:1]
+        run_experiment(ExperimentSpec.from_dict(spec), store)
     return store
 
 
@@ -78,32 +82,51 @@ def recomputed_ami(store, experiment_id, arch, layer, epoch, seed) -> float:
 
 
 def test_the_finding_reads_both_splits_and_matches_recomputed_ami(digits_store):
+    runs = digits_store.read(S.RUNS, columns=["arch", "test_accuracy"]).to_pandas()
+    assert (runs.test_accuracy >= study.UNTRAINED).all(), runs  # every run left chance
     found = finding(digits_store, "study_digits")
     assert found.study == "digits" and "0.6" in found.claim
     table = study.study_table(digits_store, "study_digits")
     assert set(table.split) == {"test", "train"}
     assert set(table[table.split == "train"].arch) == {"quickstart", "flatten_4x4"}
     assert set(table.arch) == KEPT_ARCHS
-    # 3 archs x 2 epochs (held-out) + 2 archs x 2 epochs (train), then the effects measurable
-    cells = [m for m in found.measured if not m.label.startswith("effect")]
-    assert len(cells) == 3 * 2 + 2 * 2 and all(m.n == len(SEEDS) for m in cells)
+    assert set(table[table.scope == "all"].arch) == {"quickstart"}
+    # 3 archs x 2 epochs (held-out) + 2 archs x 2 epochs (train) + 1 arch x 2 epochs (whole
+    # train split), the superclass labels' own AMI, then the effects measurable
+    cells = [m for m in found.measured if ": fc2 AMI" in m.label]
+    assert len(cells) == 3 * 2 + 2 * 2 + 2
     for m in cells:
         split = "train" if m.label.startswith("train") else "test"
-        experiment = "study_digits_train" if split == "train" else "study_digits"
+        whole = "whole split" in m.label
+        experiment = {("train", False): "study_digits_train", ("test", False): "study_digits"}
+        experiment = "study_digits_all" if whole else experiment[split, whole]
+        seeds = SEEDS[:1] if whole else SEEDS
+        assert m.n == len(seeds)
         epoch = int(m.label.split("epoch ")[1].split(":")[0])
         layer = m.label.split(": ")[1].split()[0]
         arch = next(k for k, v in study.ARCH_LABELS.items() if f", {v}," in m.label)
         assert layer == "fc2"  # every kept arch has two dense layers
         per_seed = [
-            recomputed_ami(digits_store, experiment, arch, layer, epoch, seed) for seed in SEEDS
+            recomputed_ami(digits_store, experiment, arch, layer, epoch, seed) for seed in seeds
         ]
         assert m.mean == pytest.approx(np.mean(per_seed), abs=1e-9), m.label
-        assert m.sd == pytest.approx(np.std(per_seed, ddof=1), abs=1e-9), m.label
+        sd = np.std(per_seed, ddof=1) if len(seeds) > 1 else 0.0
+        assert m.sd == pytest.approx(sd, abs=1e-9), m.label
+    # a clustering that finds the superclasses and nothing else, scored over the whole split
+    labels = digits_store.read(
+        S.SAMPLES, columns=["subclass", "superclass"], filter=where(split="train")
+    ).to_pandas()
+    ceiling = next(m for m in found.measured if "superclass labels themselves" in m.label)
+    assert ceiling.mean == pytest.approx(
+        adjusted_mutual_info_score(labels.subclass, labels.superclass)
+    )
 
 
 def test_effects_are_per_seed_differences_and_decide_the_rule(digits_store):
-    found = finding(digits_store, "study_digits_train")  # either experiment gives the same
-    assert found == finding(digits_store, "study_digits")
+    found = finding(digits_store, "study_digits_train")  # any of them gives the same
+    assert (
+        found == finding(digits_store, "study_digits") == finding(digits_store, "study_digits_all")
+    )
     table = study.study_table(digits_store, "study_digits")
     effects = study.effects(table)
     # the arch items cut from the specs leave their contrasts out
@@ -112,6 +135,7 @@ def test_effects_are_per_seed_differences_and_decide_the_rule(digits_store):
         "split (held-out -> train)",
         "map size (1x1 -> 4x4, GAP)",
         "pooling (GAP -> flatten, 4x4 map)",
+        "scope (within superclasses -> whole split)",
     }
     pooling = effects["pooling (GAP -> flatten, 4x4 map)"]
     flat = study.cell_values(table, study.Cell("test", "flatten_4x4", True))
@@ -120,6 +144,8 @@ def test_effects_are_per_seed_differences_and_decide_the_rule(digits_store):
     reference = study.cell_values(table, study.Cell("train", "flatten_4x4", True))
     assert found.holds == (reference.mean() >= study.REFERENCE_AMI)
     assert f"{reference.mean():.3f}" in found.rule
+    scope = effects["scope (within superclasses -> whole split)"]
+    assert list(scope.index) == SEEDS[:1]  # the seeds both cells have
     lines = finding_lines(found)
     assert (
         lines[0].startswith("reproduction of issue #12") and len(lines) == len(found.measured) + 2
@@ -135,3 +161,22 @@ def test_without_the_train_twin_the_reference_is_missing_and_does_not_hold(tmp_p
     found = finding(store, "study_digits")
     assert not found.holds and "not in this store" in found.rule
     assert [m.n for m in found.measured] == [1]
+
+
+def test_runs_left_at_chance_are_not_compared():
+    table = pd.DataFrame(
+        {
+            "split": "test",
+            "scope": "superclass",
+            "arch": ["quickstart"] * 3 + ["no_bn"] * 3,
+            "seed": [0, 1, 2] * 2,
+            "ami": [0.1, 0.2, 0.3, 0.5, 0.6, 0.9],
+            "trained": [True, True, True, True, False, True],
+            "first_epoch": False,
+            "last_epoch": True,
+        }
+    )
+    bn = study.effects(table)["BatchNorm (on -> off)"]
+    assert list(bn.index) == [0, 2] and bn.to_numpy() == pytest.approx([0.4, 0.6])
+    table.loc[table.arch == "no_bn", "trained"] = False
+    assert "BatchNorm (on -> off)" not in study.effects(table)
