@@ -15,6 +15,7 @@ from one place. Two kinds of entries:
 from __future__ import annotations
 
 import difflib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -79,11 +80,16 @@ def register_model(name: str, *, image_size: int = 32):
     The module must expose ``probe_layers``: the names (``model.get_submodule``
     paths) of the layers whose outputs are extracted, input to output. The
     arch's ``options`` are the factory's keyword arguments (an unknown one is
-    refused by :func:`create_model`).
+    refused by :func:`create_model`); a factory with an ``image_size``
+    parameter is given the input size.
     """
 
     def decorator(factory):
+        takes_size = "image_size" in inspect.signature(factory).parameters
+
         def build(in_channels: int, num_classes: int, image_size: int | None = None, **options):
+            if takes_size and image_size is not None:  # a factory whose shape depends on it
+                options = {**options, "image_size": image_size}
             return factory(in_channels=in_channels, num_classes=num_classes, **options)
 
         add_model(

@@ -32,6 +32,7 @@ STUDIES: dict[str, str] = {
     "clp": "clp",
     "ssl": "ssl",
     "intraclass": "intraclass",
+    "digits": "digits",
 }
 
 
