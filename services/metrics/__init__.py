@@ -53,6 +53,7 @@ from services.metrics.similarity import (
     linear_cka,
     mutual_knn_alignment,
     nearest_neighbours,
+    streamed_neighbours,
 )
 
 __all__ = [
@@ -91,6 +92,7 @@ __all__ = [
     "ncc_accuracy",
     "nearest_class_mean",
     "nearest_neighbours",
+    "streamed_neighbours",
     "normalized_mutual_info_score",
     "pairwise_scores",
     "purity_score",
