@@ -172,7 +172,7 @@ class ClusteringSpec(_Strict):
 
 
 REPRESENTATION_METRICS = ("ncc", "cdnv", "nc1", "nc2")
-CONSISTENCY_METRICS = ("ari", "ami", "nmi")
+CONSISTENCY_METRICS = ("ari", "ami", "nmi", "cka", "cka_debiased", "mknn")  # jobs/compare.py
 
 
 class MetricsSpec(_Strict):
@@ -188,7 +188,8 @@ class MetricsSpec(_Strict):
     )
     consistency: list[str] = Field(
         default_factory=lambda: ["ari"],
-        description="scores between every pair of seeds' clusterings, for every pair of layers",
+        description="scores between every pair of seeds, for every pair of layers: of their "
+        "clusterings (ari, ami, nmi) or their embeddings (cka, cka_debiased, mknn)",
     )
 
     @field_validator("clustering")
