@@ -17,7 +17,8 @@ reads of a table mostly hit the page cache) and ``rchar`` (bytes returned by rea
 cached or not: how much each approach asks the store for).
 The largest |difference| of the 256 values is reported. Memory: ours holds a
 (9,984 x 9,984) float64 cross matrix (0.8 GB) and one 4,096-row batch of every layer
-of both runs; the baseline two layers at a time. One timed run of each (minutes at
+of both runs (with their float64 copies, 6.8 GB resident measured at N = 20,000);
+the baseline two layers at a time. One timed run of each (minutes at
 full size on two cores). GPU: not measured (none on the development machine).
 
 Usage: python benchmarks/bench_consistency.py [--json] [--quick] [--rows N]

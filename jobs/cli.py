@@ -449,11 +449,16 @@ def compare(
         "ari,cka", "--metrics", help="comma-separated: ari, ami, nmi, cka, cka_debiased, mknn"
     ),
     k: int = typer.Option(10, "--k", min=1, help="neighbours for mknn"),
+    plan: bool = typer.Option(
+        False, "--plan", help="print the pairs, rows and bytes it will take; compute nothing"
+    ),
+    as_json: bool = typer.Option(False, "--json", help="with --plan: one JSON object"),
     store: str = STORE_OPTION,
 ) -> None:
     """Layer x layer scores between every pair of runs (seeds, archs, experiments, probe
     epochs) over the same dataset and split, into the pairs table (resumable)."""
     from jobs.compare import CompareError, run_compare
+    from jobs.plan import plan_compare
 
     opened = _open_existing(store)
     try:
@@ -461,20 +466,36 @@ def compare(
     except ValueError:
         _fail(f"--epochs {epochs!r} should be comma-separated integers, e.g. --epochs 1,2")
     start = time.perf_counter()
+    selection = dict(
+        archs=archs.split(",") if archs else None,
+        epochs=epoch_list,
+        metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()),
+        k=k,
+    )
     try:
-        committed, skipped = run_compare(
-            opened,
-            list(experiments),
-            archs=archs.split(",") if archs else None,
-            epochs=epoch_list,
-            metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()),
-            k=k,
-        )
+        if plan:
+            _print_compare_plan(plan_compare(opened, list(experiments), **selection), as_json)
+            return
+        committed, skipped = run_compare(opened, list(experiments), **selection)
     except (CompareError, StoreError) as exc:
         _fail(str(exc))
     console.print(
         f"committed {committed} compare units ({skipped} already there) "
         f"in {time.perf_counter() - start:.1f} s"
+    )
+
+
+def _print_compare_plan(plan, as_json: bool) -> None:
+    import json
+
+    if as_json:
+        print(json.dumps(plan.to_json()))
+        return
+    console.print(
+        f"{plan.sides} runs x probe epochs; {plan.units} compare units "
+        f"({plan.pending} to compute): {plan.rows:,} pairs rows, "
+        f"{_size(plan.pairs_bytes)} stored; reads {_size(plan.read_bytes)}; "
+        f"CKA moments {_size(plan.cka_memory_bytes)} (float64)"
     )
 
 

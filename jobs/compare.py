@@ -11,7 +11,9 @@ compare that stops part-way resumes where it stopped.
 - ``cka``, ``cka_debiased``: linear CKA of the stored embeddings, streamed: every
   layer table is scanned once per side, whatever the number of pairs, into one
   :class:`~services.metrics.CKAAccumulator` (torch, on CUDA when present);
-- ``mknn``: mutual k-NN alignment (exact, cosine), each side's layers read once.
+- ``mknn``: mutual k-NN alignment (exact, cosine), each (side, layer) streamed once
+  when it fits ``services.metrics.similarity.KNN_QUERY_BYTES`` (512 MiB of float64:
+  50,000 x 1,342 dims), else in query blocks of that size (blocks + 1 scans).
 
 Embedding scores need both sides to hold the same samples (matched by
 ``sample_index``); anything else is refused with one sentence.
@@ -27,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from actors.models import probe_layers
-from services.metrics import CKAAccumulator, knn_overlap, nearest_neighbours, pairwise_scores
+from services.metrics import CKAAccumulator, knn_overlap, pairwise_scores, streamed_neighbours
 from storage import EmbeddingStore, PendingUnit, embedding_matrix
 from storage import schema as S
 from storage.filters import where
@@ -203,7 +205,7 @@ def run_compare(
     clustering = list(
         _clustering_units(store, [u for u in pending if u.metric in CLUSTERING_METRICS])
     )
-    groups = _embedding_groups(store, [u for u in pending if u.metric in EMBEDDING_METRICS])
+    groups = embedding_groups(store, [u for u in pending if u.metric in EMBEDDING_METRICS])
     _add_side_b_columns(store)
     if device is None:
         import torch
@@ -446,7 +448,7 @@ class _Group:
     same_order: bool
 
 
-def _embedding_groups(store: EmbeddingStore, units: list[CompareUnit]) -> list[_Group]:
+def embedding_groups(store: EmbeddingStore, units: list[CompareUnit]) -> list[_Group]:
     """Units grouped by (dataset, split); refuses sides without the same samples."""
     by_data: dict[tuple[str, str], list[CompareUnit]] = {}
     for unit in units:
@@ -470,7 +472,7 @@ def layer_pair_cka(
     -------
     (layers of a, layers of b, float64 array (n_layers_a, n_layers_b))
     """
-    (group,) = _embedding_groups(store, [CompareUnit(a, b, "cka")])
+    (group,) = embedding_groups(store, [CompareUnit(a, b, "cka")])
     acc = CKAAccumulator(2, device=device)
     for batch in _aligned_batches(store, group.sides, group.layers, group.same_order):
         acc.update(batch)
@@ -479,45 +481,90 @@ def layer_pair_cka(
     return group.layers[a], group.layers[b], matrix
 
 
+def embedding_matrices(
+    store: EmbeddingStore, group: _Group, k: int = MKNN_K, device=None
+) -> dict[tuple[Side, Side, str], np.ndarray]:
+    """(side A, side B, metric) -> layers of A x layers of B, for every unit of ``group``.
+
+    CKA: every layer table scanned once per side into one accumulator (all pairs of
+    the group). mknn: each (side, layer)'s exact neighbours from
+    :func:`~services.metrics.streamed_neighbours` (one scan when the layer fits
+    ``KNN_QUERY_BYTES``), kept as (n, k) sample indices until every pair is scored.
+    """
+    sides, layers = group.sides, group.layers
+    at = {side: i for i, side in enumerate(sides)}
+    matrices: dict[tuple[Side, Side, str], np.ndarray] = {}
+    cka = [u for u in group.units if u.metric in ("cka", "cka_debiased")]
+    if cka:
+        pairs = sorted({(at[u.a], at[u.b]) for u in cka})
+        acc = CKAAccumulator(len(sides), pairs, device=device)
+        for batch in _aligned_batches(store, sides, layers, group.same_order):
+            acc.update(batch)
+        for u in cka:
+            result = acc.result(at[u.a], at[u.b], debiased=u.metric == "cka_debiased")
+            matrices[(u.a, u.b, u.metric)] = result
+    mknn = [u for u in group.units if u.metric == "mknn"]
+    if mknn:
+        needed = sorted({u.a for u in mknn} | {u.b for u in mknn})
+        neighbours = {
+            (s, layer): _neighbour_samples(store, s, layer, k)
+            for s in needed
+            for layer in layers[s]
+        }
+        for u in mknn:
+            matrices[(u.a, u.b, "mknn")] = np.array(
+                [
+                    [
+                        knn_overlap(neighbours[(u.a, la)], neighbours[(u.b, lb)])
+                        for lb in layers[u.b]
+                    ]
+                    for la in layers[u.a]
+                ]
+            )
+    return matrices
+
+
+def _neighbour_samples(store: EmbeddingStore, side: Side, layer: str, k: int) -> np.ndarray:
+    """(n, k) sample_index of the k nearest neighbours of each sample, rows by sample_index.
+
+    The layer is streamed (:func:`~services.metrics.streamed_neighbours`); besides its
+    bounded query block this holds the layer's sample_index column and (n, k) int64.
+    """
+    index = (
+        store.embeddings(
+            side.experiment_id,
+            side.arch,
+            layer,
+            columns=["sample_index"],
+            run_id=side.run_id,
+            epoch=side.epoch,
+            split=side.split,
+        )
+        .column(0)
+        .to_numpy()
+    )
+    positions = streamed_neighbours(lambda: _layer_stream(store, side, layer), len(index), k)
+    samples = index[positions][np.argsort(index)]
+    samples.sort(axis=1)
+    return samples
+
+
 def _embedding_units(
     store: EmbeddingStore, groups: list[_Group], k: int, device
 ) -> Iterator[PendingUnit]:
     for group in groups:
-        members, sides, layers = group.units, group.sides, group.layers
-        at = {side: i for i, side in enumerate(sides)}
-        matrices: dict[tuple[Side, Side, str], np.ndarray] = {}
-        cka = [u for u in members if u.metric in ("cka", "cka_debiased")]
-        if cka:
-            pairs = sorted({(at[u.a], at[u.b]) for u in cka})
-            acc = CKAAccumulator(len(sides), pairs, device=device)
-            for batch in _aligned_batches(store, sides, layers, group.same_order):
-                acc.update(batch)
-            for u in cka:
-                result = acc.result(at[u.a], at[u.b], debiased=u.metric == "cka_debiased")
-                matrices[(u.a, u.b, u.metric)] = result
-        mknn = [u for u in members if u.metric == "mknn"]
-        if mknn:
-            needed = sorted({u.a for u in mknn} | {u.b for u in mknn})
-            neighbours = {
-                (s, layer): nearest_neighbours(_sorted_layer(store, s, layer), k)
-                for s in needed
-                for layer in layers[s]
-            }
-            for u in mknn:
-                matrices[(u.a, u.b, "mknn")] = np.array(
-                    [
-                        [
-                            knn_overlap(neighbours[(u.a, la)], neighbours[(u.b, lb)])
-                            for lb in layers[u.b]
-                        ]
-                        for la in layers[u.a]
-                    ]
-                )
-        for u in members:
-            matrix = matrices[(u.a, u.b, u.metric)]
-            records = [
-                _record(u, la, lb, EMBEDDING_SCOPE, EMBEDDING_METHOD, 0, matrix[i, j])
-                for i, la in enumerate(layers[u.a])
-                for j, lb in enumerate(layers[u.b])
-            ]
-            yield _pending_unit(store, u, records)
+        matrices = embedding_matrices(store, group, k, device)
+        for u in group.units:
+            yield _pending_unit(store, u, embedding_records(u, group.layers, matrices))
+
+
+def embedding_records(
+    unit: CompareUnit, layers: dict[Side, list[str]], matrices: dict
+) -> list[dict]:
+    """The ``pairs`` rows of one embedding unit: every (layer of A, layer of B)."""
+    matrix = matrices[(unit.a, unit.b, unit.metric)]
+    return [
+        _record(unit, la, lb, EMBEDDING_SCOPE, EMBEDDING_METHOD, 0, matrix[i, j])
+        for i, la in enumerate(layers[unit.a])
+        for j, lb in enumerate(layers[unit.b])
+    ]

@@ -33,8 +33,10 @@ from actors.workers import (
     samples_task,
     samples_unit_key,
 )
+from jobs.compare import CLUSTERING_METRICS
 from jobs.intraclass import intraclass_units, score_intraclass
 from jobs.plan import CapacityPlan, check_capacity
+from jobs.similarity_stage import SimilarityUnit, score_similarity, similarity_metrics
 from jobs.spec import ArchSpec, DatasetSpec, ExperimentSpec, SpecError, load_dataset
 from services.scoring import (
     ConsistencyUnit,
@@ -52,6 +54,7 @@ score_clusterings_task = ray.remote(max_retries=TASK_RETRIES)(score_clusterings)
 score_layer_task = ray.remote(max_retries=TASK_RETRIES)(score_layer)
 score_consistency_task = ray.remote(max_retries=TASK_RETRIES)(score_consistency)
 score_intraclass_task = ray.remote(max_retries=TASK_RETRIES)(score_intraclass)
+score_similarity_task = ray.remote(max_retries=TASK_RETRIES)(score_similarity)
 
 
 class WorkerLostError(RuntimeError):
@@ -420,6 +423,9 @@ def score(
     for unit in consistency_units(spec):
         if unit.unit_key not in done_pairs:
             pending[score_consistency_task.options(**opts).remote(store, unit)] = None
+    for unit in similarity_units(spec):
+        if unit.unit_key not in done_pairs:
+            pending[score_similarity_task.options(**opts).remote(store, unit)] = None
     had_work = bool(pending)
     _drain("score", pending, store, progress, counts)
     if had_work:
@@ -453,7 +459,8 @@ def layer_units(spec: ExperimentSpec) -> list[LayerUnit]:
 def consistency_units(spec: ExperimentSpec) -> list[ConsistencyUnit]:
     units = []
     c = spec.clustering
-    if len(spec.seeds) < 2 or not spec.metrics.consistency:
+    metrics = tuple(m for m in spec.metrics.consistency if m in CLUSTERING_METRICS)
+    if len(spec.seeds) < 2 or not metrics:
         return units
     for dataset, arch_spec in itertools.product(spec.datasets, spec.arch_specs):
         arch = arch_spec.stored_key
@@ -475,10 +482,33 @@ def consistency_units(spec: ExperimentSpec) -> list[ConsistencyUnit]:
                     method=method,
                     factor=factor,
                     runs=runs,
-                    metrics=tuple(spec.metrics.consistency),
+                    metrics=metrics,
                 )
             )
     return units
+
+
+def similarity_units(spec: ExperimentSpec) -> list[SimilarityUnit]:
+    """CKA / mknn between seeds: one unit per (dataset, arch, probe epoch)."""
+    metrics = similarity_metrics(spec.metrics.consistency)
+    if len(spec.seeds) < 2 or not metrics:
+        return []
+    return [
+        SimilarityUnit(
+            experiment_id=spec.experiment_id,
+            dataset_id=dataset.config().dataset_id,
+            arch=arch.stored_key,
+            epoch=epoch,
+            split=load_dataset(dataset).resolve_split(spec.clustering.split),
+            runs=tuple(
+                (run_id_for(spec.experiment_id, dataset.config().dataset_id, arch.stored_key, s), s)
+                for s in spec.seeds
+            ),
+            metrics=metrics,
+        )
+        for dataset, arch in itertools.product(spec.datasets, spec.arch_specs)
+        for epoch in spec.probe_epochs_for(arch.stored_key)
+    ]
 
 
 # -- shared machinery ------------------------------------------------------------

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import pyarrow as pa
 
 from actors import models
 from actors.clustering import select_backend
@@ -55,6 +56,7 @@ CLUSTER_READ_COPIES = 3
 KMEANS_COPIES = 2  # scikit-learn's float32 working copy of X next to the input
 DEFAULT_IMAGE_SIZE = 224  # folder datasets (ImageNet) whose images are not on this machine
 CIFAR_IMAGE_SIZE = 32
+EMBEDDING_PAIR_METRICS = ("cka", "cka_debiased", "mknn")  # jobs.compare.EMBEDDING_METRICS
 FIXED_WIDTH_BYTES = {"int32": 4, "int64": 8, "double": 8, "timestamp[us, tz=UTC]": 8}
 
 
@@ -302,16 +304,18 @@ def plan_experiment(
             rows[S.METRICS] += layer_units * 2 * len(spec.metrics.representation)
             unit_counts[S.METRICS] += cluster_units + layer_units
             pair_units = 0
-            if seeds >= 2 and spec.metrics.consistency:
+            similarity = [m for m in spec.metrics.consistency if m in EMBEDDING_PAIR_METRICS]
+            clustering = len(spec.metrics.consistency) - len(similarity)
+            if seeds >= 2 and clustering:
                 pair_units = epochs * len(c.methods) * factors
                 rows[S.PAIRS] += (
-                    pair_units
-                    * len(groups)
-                    * math.comb(seeds, 2)
-                    * len(dims) ** 2
-                    * len(spec.metrics.consistency)
+                    pair_units * len(groups) * math.comb(seeds, 2) * len(dims) ** 2 * clustering
                 )
                 unit_counts[S.PAIRS] += pair_units
+            if seeds >= 2 and similarity:  # jobs/similarity_stage.py: one unit per epoch
+                pair_units += epochs
+                rows[S.PAIRS] += epochs * math.comb(seeds, 2) * len(dims) ** 2 * len(similarity)
+                unit_counts[S.PAIRS] += epochs
             units["score"] += cluster_units + layer_units + pair_units
             for method in c.methods:
                 peak = _cluster_peak(
@@ -414,14 +418,138 @@ def stored_bytes(root: str, table: str) -> int:
     )
 
 
+# -- compares (`stratalens compare --plan`) ----------------------------------------
+@dataclass(frozen=True)
+class ComparePlan:
+    """What a ``stratalens compare`` will compute, store and read (see :func:`plan_compare`)."""
+
+    sides: int  # (run, probe epoch) selected
+    units: int  # (side A, side B, metric) units, one per pair of sides and metric
+    pending: int  # units not yet committed
+    rows: int  # pairs rows the pending units add
+    pairs_bytes: int  # data-file bytes those rows add (as a compacted store keeps them)
+    read_bytes: int  # bytes the pending units read: clusterings, embeddings (+ sample_index)
+    cka_memory_bytes: int  # float64 moments the largest CKA accumulator holds
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def plan_compare(
+    store,
+    experiments: list[str],
+    *,
+    archs: list[str] | None = None,
+    epochs: list[int] | None = None,
+    metrics: tuple[str, ...] = ("ari", "cka"),
+    k: int = 10,
+) -> ComparePlan:
+    """Count the pairs, rows and bytes of a compare from the store's metadata alone.
+
+    Refuses what :func:`jobs.compare.run_compare` refuses (unknown experiment, arch or
+    metric, sides over different data) with the same :class:`jobs.compare.CompareError`.
+    Clustering scores read both sides' clusterings once per pair of sides; CKA reads
+    every (side, layer) table once; mknn once more per (side, layer), or ``blocks + 1``
+    times when the layer exceeds ``KNN_QUERY_BYTES``.
+    """
+    from jobs.compare import CLUSTERING_METRICS, compare_units, list_sides
+    from services.metrics.similarity import KNN_QUERY_BYTES
+    from storage.filters import where
+
+    sides = list_sides(store, experiments, archs=archs, epochs=epochs)
+    units = compare_units(sides, metrics)
+    done = store.committed_keys(S.PAIRS)
+    pending = [u for u in units if u.unit_key not in done]
+    needed = sorted({u.a for u in pending} | {u.b for u in pending})
+    clusterings, layers = {}, {}
+    for side in needed:
+        rows = store.read(
+            S.CLUSTERINGS,
+            columns=["layer", "scope", "method", "overclustering_factor"],
+            filter=where(run_id=side.run_id, epoch=side.epoch, split=side.split),
+        ).to_pylist()
+        keys: dict[tuple, set[str]] = {}
+        for row in rows:
+            key = (row["scope"], row["method"], row["overclustering_factor"])
+            keys.setdefault(key, set()).add(row["layer"])
+        clusterings[side] = keys
+        n = store.read(
+            S.SAMPLES,
+            columns=["sample_index"],
+            filter=where(dataset_id=side.dataset_id, split=side.split),
+        ).num_rows
+        layers[side] = (n, _stored_layer_shapes(store, side))
+    n_rows = read = 0
+    embedding_sides: set = set()
+    knn_sides: set = set()
+    cka_pairs: dict[tuple[str, str], set] = {}
+    for u in pending:
+        if u.metric in CLUSTERING_METRICS:
+            a, b = clusterings[u.a], clusterings[u.b]
+            n_rows += sum(len(a[key]) * len(b[key]) for key in set(a) & set(b))
+            for side, keys in ((u.a, a), (u.b, b)):  # scopes partition the split
+                clustered = {(m, f, layer) for (_, m, f), names in keys.items() for layer in names}
+                read += len(clustered) * layers[side][0] * 12  # sample_index + label
+        else:
+            n_rows += len(layers[u.a][1]) * len(layers[u.b][1])
+            embedding_sides |= {u.a, u.b}
+            if u.metric == "mknn":
+                knn_sides |= {u.a, u.b}
+            else:
+                group = cka_pairs.setdefault((u.a.dataset_id, u.a.split), set())
+                group.add((u.a, u.b))
+    for side in embedding_sides:  # the sample_index check of every (side, layer)
+        samples, shapes = layers[side]
+        read += len(shapes) * samples * 8
+    cka_sides = {s for pairs in cka_pairs.values() for pair in pairs for s in pair}
+    for side in cka_sides:
+        samples, shapes = layers[side]
+        read += sum(samples * d * width for d, width in shapes.values())
+    for side in knn_sides:
+        samples, shapes = layers[side]
+        for d, width in shapes.values():
+            blocks = math.ceil(samples * d * 8 / KNN_QUERY_BYTES)
+            read += (1 if blocks <= 1 else blocks + 1) * samples * d * width
+    memory = 0
+    for pairs in cka_pairs.values():
+        members = {s for pair in pairs for s in pair}
+        width = {s: sum(d for d, _ in layers[s][1].values()) for s in members}
+        moments = sum(sum(d * d for d, _ in layers[s][1].values()) for s in members)
+        memory = max(memory, 8 * (moments + sum(width[a] * width[b] for a, b in pairs)))
+    pairs_table = _table(S.PAIRS, S.PAIRS_SCHEMA, n_rows, len(pending))
+    return ComparePlan(
+        sides=len(sides),
+        units=len(units),
+        pending=len(pending),
+        rows=n_rows,
+        pairs_bytes=pairs_table.bytes - (TABLE_FILE_BYTES if n_rows else 0),
+        read_bytes=int(read),
+        cka_memory_bytes=int(memory),
+    )
+
+
+def _stored_layer_shapes(store, side) -> dict[str, tuple[int, int]]:
+    """layer -> (dims, bytes per value) of a side's stored embedding tables."""
+    prefix = f"{S.EMBEDDINGS_PREFIX}/{side.experiment_id}/{side.arch}/"
+    shapes = {}
+    for table in store.list_tables():
+        if table.startswith(prefix):
+            vector = store.dataset(table).schema.field(S.EMBEDDING).type
+            width = 2 if pa.types.is_float16(vector.value_type) else 4
+            shapes[table[len(prefix) :]] = (vector.list_size, width)
+    return shapes
+
+
 __all__ = [
     "CapacityPlan",
+    "ComparePlan",
     "ClusterPeak",
     "PlanError",
     "TablePlan",
     "assumed_counts",
     "check_capacity",
     "parse_counts",
+    "plan_compare",
     "plan_experiment",
     "stored_bytes",
 ]

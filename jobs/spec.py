@@ -205,7 +205,7 @@ class ClusteringSpec(_Strict):
 
 
 REPRESENTATION_METRICS = ("ncc", "cdnv", "nc1", "nc2", "clp")
-CONSISTENCY_METRICS = ("ari", "ami", "nmi")
+CONSISTENCY_METRICS = ("ari", "ami", "nmi", "cka", "cka_debiased", "mknn")  # jobs/compare.py
 INTRACLASS_METRICS = ("c1", "c2", "c3", "c4")
 
 
@@ -224,7 +224,8 @@ class MetricsSpec(_Strict):
     )
     consistency: list[str] = Field(
         default_factory=lambda: ["ari"],
-        description="scores between every pair of seeds' clusterings, for every pair of layers",
+        description="scores between every pair of seeds, for every pair of layers: of their "
+        "clusterings (ari, ami, nmi) or their embeddings (cka, cka_debiased, mknn)",
     )
 
     intraclass: list[str] = Field(

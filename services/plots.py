@@ -32,6 +32,7 @@ LAYER_COLOURS = ("viridis", 0.85)  # colour map of layers, input to output, and 
 PANEL_COLUMNS = 3  # subplots per row of a report figure
 PANEL_SIZE = (5.5, 4.2)  # inches per subplot
 DPI = 110
+COMPARE_PANELS = 12  # (side A, side B) heatmaps in one compare figure
 
 
 def layer_order(arch: str) -> list[str]:
@@ -39,11 +40,17 @@ def layer_order(arch: str) -> list[str]:
     return list(probe_layers(arch))
 
 
-def layer_matrix(pairs: pd.DataFrame, layers: list[str]) -> tuple[list[str], np.ndarray]:
-    """Mean ``value`` per (layer_a, layer_b) of ``pairs`` as a layers x layers matrix."""
-    matrix = np.full((len(layers), len(layers)), np.nan)
+def layer_matrix(
+    pairs: pd.DataFrame, layers: list[str], layers_b: list[str] | None = None
+) -> tuple[list[str], np.ndarray]:
+    """Mean ``value`` per (layer_a, layer_b) of ``pairs`` as a layers x layers matrix.
+
+    ``layers_b`` (default ``layers``) are the columns, for pairs of two archs.
+    """
+    columns = layers if layers_b is None else layers_b
+    matrix = np.full((len(layers), len(columns)), np.nan)
     for (a, b), value in pairs.groupby(["layer_a", "layer_b"])["value"].mean().items():
-        matrix[layers.index(a), layers.index(b)] = value
+        matrix[layers.index(a), columns.index(b)] = value
     return layers, matrix
 
 
@@ -157,6 +164,39 @@ def consistency_figures(
             fontsize=11,
         )
         figures.append((f"{metric}_{row.dataset_id}_{row.arch}_{method}", fig))
+    return figures
+
+
+def compare_figures(pairs: pd.DataFrame) -> list[tuple[str, Figure]]:
+    """Layers-of-A x layers-of-B heatmaps of ``pairs`` rows with side-B keys.
+
+    One figure per metric, a panel per (experiment, arch, epoch) of side A and of side
+    B, the mean over the pairs of runs and scopes it holds; at most ``COMPARE_PANELS``
+    panels (the title counts the rest). Returns (name, figure), named ``compare_<metric>``.
+    """
+    sides = ["experiment_id", "arch", "epoch", "experiment_b", "arch_b", "epoch_b"]
+    figures = []
+    for metric, rows in pairs.groupby("metric"):
+        panels = sorted(rows.groupby(sides).groups)
+        shown = panels[:COMPARE_PANELS]
+        fig, axes = _figure(len(shown), size=(5.0, 4.6))
+        for ax, key in zip(axes, shown, strict=True):
+            part = rows[(rows[sides] == pd.Series(key, index=sides)).all(axis=1)]
+            experiment_a, arch_a, epoch_a, experiment_b, arch_b, epoch_b = key
+            layers_a = [name for name in layer_order(arch_a) if name in set(part.layer_a)]
+            layers_b = [name for name in layer_order(arch_b) if name in set(part.layer_b)]
+            _, matrix = layer_matrix(part, layers_a, layers_b)
+            image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
+            ax.set_xticks(range(len(layers_b)), layers_b, rotation=60)
+            ax.set_yticks(range(len(layers_a)), layers_a)
+            ax.set_xlabel(f"B: {experiment_b} {arch_b}, epoch {epoch_b}")
+            ax.set_ylabel(f"A: {experiment_a} {arch_a}, epoch {epoch_a}")
+        fig.colorbar(image, ax=axes, shrink=0.8, label=f"{metric}, mean over pairs of runs")
+        more = f" ({len(panels) - len(shown)} more pairs of sides not drawn)" * (
+            len(panels) > len(shown)
+        )
+        fig.suptitle(f"{metric}: layers of A x layers of B{more}", fontsize=11)
+        figures.append((f"compare_{metric}", fig))
     return figures
 
 

@@ -19,6 +19,7 @@ import pandas as pd
 from services.findings import finding, finding_html
 from services.gallery import cluster_gallery, gallery_html
 from services.plots import (
+    compare_figures,
     consistency_figures,
     figure_vs_epoch,
     figure_vs_layer,
@@ -50,8 +51,9 @@ def _per_layer(metrics) -> pd.DataFrame:
 
 PROFILE_KEYS = ["dataset_id", "arch", "epoch", "layer"]
 # Rows of the pipeline's cross-seed stage; `stratalens compare` rows (keys "compare/...")
-# pair other sides (archs, experiments, epochs) and are drawn by compare_matrix alone.
+# pair other sides (archs, experiments, epochs) and are drawn by compare_figures alone.
 SEED_PAIRS = " AND NOT unit_key LIKE 'compare/%'"
+EMBEDDING = "embedding"  # the ``method`` of CKA / mknn rows (jobs.compare.EMBEDDING_METHOD)
 
 
 def runs_frame(store: EmbeddingStore, experiment_id: str) -> pd.DataFrame:
@@ -137,7 +139,9 @@ def report_sections(store: EmbeddingStore, experiment_id: str, render: Render) -
     Per clustering method: AMI and purity against layer (a panel per probe
     epoch) and, with several probe epochs, against epoch (a line per layer);
     cross-seed heatmaps (a panel per epoch). Then NCC accuracy the same way,
-    and cluster galleries of the last probed layer at the last probe epoch.
+    layers-of-A x layers-of-B heatmaps of compares and of the stage's CKA / mknn
+    (:func:`compare_pairs`), and cluster galleries of the last probed layer at the
+    last probe epoch.
     ``render(figure, name)`` gives the HTML of each figure.
     """
     runs = runs_frame(store, experiment_id)
@@ -193,6 +197,7 @@ def report_sections(store: EmbeddingStore, experiment_id: str, render: Render) -
             + _images_html(images, render)
             + _profile_html(profile, REPRESENTATION_METRICS)
         )
+    sections += _compare_html(store, experiment_id, methods, render)
     if methods:
         shown = "ward" if "ward" in methods else methods[0]
         factor = int(metrics.overclustering_factor[metrics.method == shown].min())
@@ -259,6 +264,47 @@ def _scope_note(metrics: pd.DataFrame) -> str:
     if scopes.str.startswith("superclass=").any():
         return "over superclasses"
     return "over the whole split (scope: all)"
+
+
+def compare_pairs(store: EmbeddingStore, experiment_id: str, methods: list[str]) -> pd.DataFrame:
+    """``pairs`` rows of ``stratalens compare`` with ``experiment_id`` on either side, and
+    the score stage's CKA / mknn between seeds (method ``embedding``).
+
+    Clustering scores keep one method (ward if stored) at its smallest factor; a row
+    both sources hold (the same runs, epochs and layers) counts once.
+    """
+    ds = store.dataset(S.PAIRS)
+    if ds is None or "experiment_b" not in ds.schema.names:  # no side-B keys: no compares
+        return pd.DataFrame()
+    pairs = store.read(
+        S.PAIRS,
+        filter=f"({where(experiment_id=experiment_id)} OR {where(experiment_b=experiment_id)})"
+        f" AND (unit_key LIKE 'compare/%' OR method = '{EMBEDDING}')",
+    ).to_pandas()
+    clustered = pairs[pairs.method != EMBEDDING]
+    if not clustered.empty:
+        stored = sorted(set(clustered.method))
+        method = next(m for m in ("ward", *methods, *stored) if m in stored)
+        factor = clustered.overclustering_factor[clustered.method == method].min()
+        keep = (pairs.method == method) & (pairs.overclustering_factor == factor)
+        pairs = pairs[keep | (pairs.method == EMBEDDING)]
+    same = ["run_a", "epoch", "layer_a", "run_b", "epoch_b", "layer_b", "metric", "scope"]
+    return pairs.drop_duplicates([*same, "method", "overclustering_factor"])
+
+
+def _compare_html(
+    store: EmbeddingStore, experiment_id: str, methods: list[str], render: Render
+) -> list[str]:
+    pairs = compare_pairs(store, experiment_id, methods)
+    if pairs.empty:
+        return []
+    clustered = sorted(set(pairs.method) - {EMBEDDING})
+    note = f"; ARI/AMI/NMI of {clustered[0]} clusterings" if clustered else ""
+    return [
+        "<h2>Across runs (stratalens compare; CKA and mutual k-NN between seeds)</h2>"
+        f"<p>layers of side A (rows) x layers of side B (columns){note}.</p>"
+        + _images_html([(fig, name) for name, fig in compare_figures(pairs)], render)
+    ]
 
 
 # -- HTML ------------------------------------------------------------------------

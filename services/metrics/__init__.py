@@ -58,6 +58,7 @@ from services.metrics.similarity import (
     linear_cka,
     mutual_knn_alignment,
     nearest_neighbours,
+    streamed_neighbours,
 )
 
 __all__ = [
@@ -99,6 +100,7 @@ __all__ = [
     "ncc_accuracy",
     "nearest_class_mean",
     "nearest_neighbours",
+    "streamed_neighbours",
     "normalized_mutual_info_score",
     "pair_confusion_matrix",
     "pairwise_scores",

@@ -7,7 +7,9 @@
 - :class:`CKAAccumulator`: the same moments summed over batches of rows, for every
   layer of several runs at once; all layer-pair CKAs come out at the end.
 - :func:`mutual_knn_alignment`: the mean fraction of k nearest neighbours (exact,
-  cosine similarity) that two representations share, computed in row blocks.
+  cosine similarity) that two representations share, computed in row blocks;
+  :func:`streamed_neighbours` finds the same neighbours from a stream of row batches
+  (a stored layer) holding at most ``KNN_QUERY_BYTES`` of it at once.
 
 The moments, with x_i the rows shifted by a reference row c (CKA is translation
 invariant; the shift keeps float64 sums well conditioned), mu = mean of the shifted
@@ -26,13 +28,16 @@ equal to the Gram-matrix estimator ``[tr(K~L~) + 1'K~1 1'L~1 / ((n-1)(n-2))
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
 from services.metrics._validation import as_numpy
 
 KNN_BLOCK_ELEMENTS = 1 << 24  # similarities held at once by mutual_knn_alignment (128 MiB f64)
+# rows of a streamed layer held at once by streamed_neighbours (float64): below it a layer
+# is read once and searched in memory, above it in query blocks of this size, a pass each
+KNN_QUERY_BYTES = 512 << 20
 MIN_DEBIASED_SAMPLES = 4  # the unbiased HSIC divides by n - 3
 
 
@@ -335,6 +340,91 @@ def nearest_neighbours(X, k: int = 10) -> np.ndarray:
         out[start:stop] = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
     out.sort(axis=1)
     return out
+
+
+def _unit_rows(X) -> np.ndarray:
+    X = np.asarray(X, dtype=np.float64)
+    norms = np.linalg.norm(X, axis=1, keepdims=True)
+    return X / np.where(norms > 0, norms, 1.0)
+
+
+def streamed_neighbours(
+    read: Callable[[], Iterable[np.ndarray]],
+    n: int,
+    k: int = 10,
+    *,
+    query_bytes: int = KNN_QUERY_BYTES,
+) -> np.ndarray:
+    """:func:`nearest_neighbours` of ``n`` rows available only as a stream of batches.
+
+    ``read()`` gives a fresh iterator over (rows, d) batches of the same rows in the
+    same order each time it is called (a scan of a stored layer). Exact cosine
+    similarity, the row itself excluded. Memory: a query block of at most
+    ``query_bytes`` (float64 rows), one batch and the block's running top ``k``.
+    If all ``n`` rows fit the block the stream is read once and searched in memory;
+    otherwise block b is collected during pass b and compared with every row during
+    pass b + 1, so there are ``ceil(n d 8 / query_bytes) + 1`` passes.
+
+    Returns
+    -------
+    int64 array (n, k): positions (in stream order) of each row's neighbours, sorted
+    """
+    if not 1 <= k < n:
+        raise ValueError(f"k={k} should be between 1 and n_samples - 1 = {n - 1}")
+    out = np.empty((n, k), dtype=np.int64)
+    held, held_start, block_rows, start = None, 0, None, 0
+    while True:
+        collected, position = [], 0
+        for batch in read():
+            batch = _unit_rows(batch)
+            if block_rows is None:
+                block_rows = max(1, query_bytes // (8 * max(1, batch.shape[1])))
+            if held is not None:
+                held.update(batch, position)
+            stop = min(n, start + block_rows)
+            if start < n and position < stop and position + len(batch) > start:
+                collected.append(batch[max(0, start - position) : stop - position])
+            position += len(batch)
+        if position != n:
+            raise ValueError(f"the stream holds {position} rows, expected n={n}")
+        if held is not None:
+            out[held_start : held_start + len(held.rows)] = held.result()
+        if start >= n:
+            break
+        rows = np.concatenate(collected) if len(collected) > 1 else collected[0]
+        if start == 0 and len(rows) == n:  # the whole stream fits one block
+            return nearest_neighbours(rows, k)
+        held, held_start, start = _TopK(rows, held_start=start, k=k), start, start + len(rows)
+    out.sort(axis=1)
+    return out
+
+
+class _TopK:
+    """The ``k`` most similar stream rows of a block of (unit) query rows, as batches pass."""
+
+    def __init__(self, rows: np.ndarray, *, held_start: int, k: int):
+        self.rows, self.start, self.k = rows, held_start, k
+        self.similarity = np.full((len(rows), k), -np.inf)
+        self.index = np.zeros((len(rows), k), dtype=np.int64)
+
+    def update(self, batch: np.ndarray, position: int) -> None:
+        step = max(1, KNN_BLOCK_ELEMENTS // max(1, len(batch) + self.k))
+        positions = np.arange(position, position + len(batch))
+        for a in range(0, len(self.rows), step):
+            b = min(len(self.rows), a + step)
+            similarity = self.rows[a:b] @ batch.T
+            itself = np.arange(self.start + a, self.start + b)[:, None] == positions[None, :]
+            similarity[itself] = -np.inf
+            candidates = np.concatenate([self.similarity[a:b], similarity], axis=1)
+            index = np.concatenate(
+                [self.index[a:b], np.broadcast_to(positions, similarity.shape)], axis=1
+            )
+            best = np.argpartition(-candidates, self.k - 1, axis=1)[:, : self.k]
+            self.similarity[a:b] = np.take_along_axis(candidates, best, axis=1)
+            self.index[a:b] = np.take_along_axis(index, best, axis=1)
+
+    def result(self) -> np.ndarray:
+        return self.index
 
 
 def knn_overlap(neighbours_x: np.ndarray, neighbours_y: np.ndarray) -> float:

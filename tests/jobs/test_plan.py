@@ -108,3 +108,15 @@ def test_breeds_living17_planned_from_assumed_counts(tmp_path):
 def test_assume_counts_errors_name_the_item(text):
     with pytest.raises(PlanError, match="--assume-counts"):
         parse_counts(text)
+
+
+def test_cka_and_mknn_in_the_spec_add_one_pairs_unit_per_probe_epoch():
+    spec = _digits_spec()
+    data = spec.model_dump(mode="json")
+    data["metrics"]["consistency"] = ["ari", "cka", "mknn"]
+    with_similarity = ExperimentSpec.from_dict(data)
+    before, after = plan_experiment(spec), plan_experiment(with_similarity)
+    layers, seed_pairs, epochs = 6, 1, 1
+    assert after.units["score"] == before.units["score"] + epochs
+    rows = {t.table: t.rows for t in before.tables}, {t.table: t.rows for t in after.tables}
+    assert rows[1]["pairs"] - rows[0]["pairs"] == epochs * seed_pairs * layers**2 * 2

@@ -10,6 +10,7 @@ from services.metrics import (
     linear_cka,
     mutual_knn_alignment,
     nearest_neighbours,
+    streamed_neighbours,
 )
 
 
@@ -143,3 +144,23 @@ def test_mutual_knn_on_hand_cases():
     assert mutual_knn_alignment(X, X * 7.0, k=1) == 1.0
     assert mutual_knn_alignment(X, Y, k=1) == 0.0
     assert knn_overlap(np.array([[1, 2], [0, 3]]), np.array([[2, 3], [0, 3]])) == 0.75
+
+
+@pytest.mark.parametrize("query_rows", [1000, 64, 7])  # one scan; 5 and 30 query blocks
+def test_streamed_neighbours_equal_the_in_memory_search(query_rows):
+    X = np.random.default_rng(3).normal(size=(203, 6)).astype(np.float32)
+    scans = []
+
+    def read():
+        scans.append(1)
+        return (X[i : i + 50] for i in range(0, len(X), 50))  # batches not aligned to blocks
+
+    found = streamed_neighbours(read, len(X), k=4, query_bytes=query_rows * 6 * 8)
+    assert np.array_equal(found, nearest_neighbours(X, k=4))
+    assert len(scans) == (1 if query_rows >= len(X) else -(-len(X) // query_rows) + 1)
+
+
+def test_streamed_neighbours_refuse_a_stream_of_another_length():
+    X = np.random.default_rng(0).normal(size=(20, 3))
+    with pytest.raises(ValueError, match="holds 20 rows, expected n=21"):
+        streamed_neighbours(lambda: iter([X]), 21, k=2, query_bytes=8 * 3 * 5)
