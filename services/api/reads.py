@@ -25,7 +25,7 @@ from services.api.deps import (
     Offset,
     StoreDep,
 )
-from services.api.matrices import pair_matrices
+from services.api.matrices import compare_matrices, pair_matrices
 from services.api.neighbors import neighbors_route
 from services.api.settings import (
     JSON_MAX_CLUSTERING_ROWS,
@@ -189,7 +189,11 @@ def get_pairs(
     layer_b: Key = None,
     run_a: Key = None,
     run_b: Key = None,
+    experiment_b: Key = None,
+    arch_b: Key = None,
+    epoch_b: Int32 = None,
     shape: Literal["rows", "matrix"] = "rows",
+    source: Literal["seeds", "compare"] = "seeds",
     limit: Limit = None,
     offset: Offset = 0,
     format: Literal["json", "csv", "arrow"] = "json",
@@ -197,6 +201,9 @@ def get_pairs(
     """Rows of the ``pairs`` table (a score between seed A's and seed B's clusterings of two
     layers), or with ``shape=matrix`` one layer x layer matrix per pair of seeds (JSON; the
     filters must leave one dataset, arch, epoch, method, factor and metric; mean over scopes).
+    ``source=compare`` with ``shape=matrix``: the rows of ``stratalens compare`` with this
+    experiment as side A, one layers-of-A x layers-of-B matrix per pair of sides (side B
+    narrowed by ``experiment_b``, ``arch_b``, ``epoch_b``).
     """
     conditions = dict(
         dataset_id=dataset,
@@ -213,7 +220,12 @@ def get_pairs(
         layer_b=layer_b,
         run_a=run_a,
         run_b=run_b,
+        experiment_b=experiment_b,
+        arch_b=arch_b,
+        epoch_b=epoch_b,
     )
+    if shape == "matrix" and source == "compare":
+        return formats.json_response(compare_matrices(store, name, **conditions))
     if shape == "matrix":
         return formats.json_response(pair_matrices(store, name, **conditions))
     stream = Q.table_rows(store, S.PAIRS, name, limit=limit, offset=offset, **conditions)

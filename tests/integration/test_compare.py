@@ -300,3 +300,42 @@ def test_query_service_answers_the_stage_cka_as_seed_matrices(two):
     np.testing.assert_allclose(
         matrix["matrices"][0]["values"], expected.loc[list(LAYERS), list(LAYERS)].to_numpy()
     )
+
+
+def test_query_service_answers_compare_rows_as_side_a_x_side_b_matrices(two):
+    from fastapi.testclient import TestClient
+
+    from services.api import ServiceSettings, create_app
+
+    run_compare(two, ["cmpa", "cmpb"], metrics=("ari", "cka", "mknn"))  # resumes: no-op if run
+    client = TestClient(create_app(ServiceSettings(store=two.root)))
+    url = "/v1/experiments/cmpa/pairs"
+    params = {"shape": "matrix", "source": "compare", "metric": "cka", "experiment_b": "cmpb"}
+    answer = client.get(url, params=params)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["metric"] == "cka" and body["experiment_id"] == "cmpa"
+    rows = two.read(
+        S.PAIRS,
+        filter="unit_key LIKE 'compare/%' AND experiment_id = 'cmpa' AND experiment_b = 'cmpb'"
+        " AND metric = 'cka'",
+    ).to_pandas()
+    sides = ["arch", "epoch", "seed_a", "experiment_b", "arch_b", "epoch_b", "seed_b"]
+    assert len(body["matrices"]) == rows.groupby(sides).ngroups > 0
+    for matrix in body["matrices"]:
+        assert matrix["layers_a"] == list(LAYERS) and matrix["layers_b"] == list(LAYERS)
+        part = rows[
+            (rows.epoch == matrix["epoch"])
+            & (rows.seed_a == matrix["seed_a"])
+            & (rows.epoch_b == matrix["epoch_b"])
+            & (rows.seed_b == matrix["seed_b"])
+        ]
+        expected = part.pivot_table(index="layer_a", columns="layer_b", values="value")
+        np.testing.assert_allclose(
+            matrix["values"], expected.loc[list(LAYERS), list(LAYERS)].to_numpy()
+        )
+    # two metrics left open: one sentence naming the choice, a 4xx
+    mixed = client.get(url, params={"shape": "matrix", "source": "compare"})
+    assert mixed.status_code == 422 and "choose one with" in mixed.text
+    absent = client.get(url, params={**params, "experiment_b": "nope"})
+    assert absent.status_code == 404 and "run `stratalens compare`" in absent.text
