@@ -346,25 +346,27 @@ def _stored_layers(store: EmbeddingStore, side: Side) -> list[str]:
     return _ordered(side.arch, stored)
 
 
+def side_sample_index(store: EmbeddingStore, side: Side, layer: str) -> np.ndarray:
+    """The ``sample_index`` column of one side's layer, in stored row order."""
+    rows = store.embeddings(
+        side.experiment_id,
+        side.arch,
+        layer,
+        columns=["sample_index"],
+        run_id=side.run_id,
+        epoch=side.epoch,
+        split=side.split,
+    )
+    return rows.column(0).to_numpy()
+
+
 def _sample_orders(store: EmbeddingStore, sides: list[Side], layers) -> bool:
     """Whether every (side, layer) stores its rows in one sample order; raise if the
     sample sets differ."""
     reference, same_order = None, True
     for side in sides:
         for layer in layers[side]:
-            index = (
-                store.embeddings(
-                    side.experiment_id,
-                    side.arch,
-                    layer,
-                    columns=["sample_index"],
-                    run_id=side.run_id,
-                    epoch=side.epoch,
-                    split=side.split,
-                )
-                .column(0)
-                .to_numpy()
-            )
+            index = side_sample_index(store, side, layer)
             if reference is None:
                 reference = (side, index)
                 continue
@@ -530,19 +532,7 @@ def _neighbour_samples(store: EmbeddingStore, side: Side, layer: str, k: int) ->
     The layer is streamed (:func:`~services.metrics.streamed_neighbours`); besides its
     bounded query block this holds the layer's sample_index column and (n, k) int64.
     """
-    index = (
-        store.embeddings(
-            side.experiment_id,
-            side.arch,
-            layer,
-            columns=["sample_index"],
-            run_id=side.run_id,
-            epoch=side.epoch,
-            split=side.split,
-        )
-        .column(0)
-        .to_numpy()
-    )
+    index = side_sample_index(store, side, layer)
     positions = streamed_neighbours(lambda: _layer_stream(store, side, layer), len(index), k)
     samples = index[positions][np.argsort(index)]
     samples.sort(axis=1)
