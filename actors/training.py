@@ -20,7 +20,6 @@ weights as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import math
 import time
 from collections.abc import Iterator
@@ -55,26 +54,10 @@ from actors.ssl import (
     two_view_loss,
     view_transform,
 )
+from storage.memory import return_large_buffers_to_the_os
 
 EVAL_BATCH_SIZE = 512
 __all__ = ["EVAL_BATCH_SIZE", "LOSSES", "Trainer", "TrainingConfig", "select_device"]
-
-MMAP_THRESHOLD_BYTES = 1 << 20
-_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-
-
-def return_large_buffers_to_the_os() -> None:
-    """Have glibc map every buffer over ``MMAP_THRESHOLD_BYTES`` on its own (Linux/glibc).
-
-    glibc raises its mmap threshold each time a large block is freed (up to 32 MiB);
-    activation buffers then come from the heap, which keeps growing batch after batch
-    while holding freed memory. A fixed threshold returns them at once, so peak RSS
-    does not grow with the number of batches (``stratalens bench data``).
-    """
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
-    except OSError:  # not glibc: nothing to tune
-        pass
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ float32 per run) stored in real ``embeddings/<experiment>/<arch>/<layer>`` table
 
 - ours: ``jobs.compare.layer_pair_cka``, what ``stratalens compare --metrics cka``
   runs: every layer table scanned once per run, into one ``CKAAccumulator``
-  (float64, torch on the CPU here);
+  (float64, torch on the CPU here), in a child process whose peak resident memory
+  (``VmHWM``) is reported (``streamed_peak_rss_mib``);
 - baseline: for each of the 16 x 16 pairs, both layers read with
   ``EmbeddingStore.embedding_array`` and CKA from the NumPy float64 cross-covariance of
   the centred features, ``||Xc'Yc||^2 / (||Xc'Xc|| ||Yc'Yc||)``.
@@ -16,25 +17,33 @@ process's storage reads (``read_bytes``: what came from disk; the baseline's rep
 reads of a table mostly hit the page cache) and ``rchar`` (bytes returned by read calls,
 cached or not: how much each approach asks the store for).
 The largest |difference| of the 256 values is reported. Memory: ours holds a
-(9,984 x 9,984) float64 cross matrix (0.8 GB) and one 4,096-row batch of every layer
-of both runs (with their float64 copies, 6.8 GB resident measured at N = 20,000);
-the baseline two layers at a time. One timed run of each (minutes at
-full size on two cores). GPU: not measured (none on the development machine).
+(10,000 x 10,000) float64 cross matrix (0.8 GB), per run one float64 4,096-row batch
+of every layer side by side (0.33 GB) and the float32 batches it is filled from; the
+baseline two layers at a time. One timed run of each (minutes at full size on two
+cores). GPU: not measured (none on the development machine).
 
-Usage: python benchmarks/bench_consistency.py [--json] [--quick] [--rows N]
+``--shuffled 1`` stores the second run's rows in another sample order, so that its
+tables are read by row id in the first run's order (``streamed_*`` then measure that
+path; the baseline sorts both sides by ``sample_index``).
+
+Usage: python benchmarks/bench_consistency.py [--json] [--quick] [--rows N] [--shuffled 1]
 """
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 from bench_metrics import evict, io_counters  # benchmarks/ is on sys.path
 from common import parse_args, report
 
-from jobs.compare import Side, layer_pair_cka
+from jobs.compare import Side
 from storage import EmbeddingStore
 from storage import schema as S
 
@@ -44,18 +53,43 @@ LATENT = 32  # layers are noisy linear images of one shared latent, so CKAs are 
 EXPERIMENT, ARCH, DATASET, SPLIT = "bench", "wide", "bench-data", "test"
 
 
-def write_runs(store: EmbeddingStore, n: int, dims) -> list[Side]:
+STREAMED_SCRIPT = """
+import json, sys, time
+sys.path.insert(0, sys.argv[2])
+from bench_consistency import cold, sides
+from jobs.compare import layer_pair_cka
+from storage import EmbeddingStore
+store = EmbeddingStore(sys.argv[1])
+seconds, (layers, _, matrix), io = cold(lambda: layer_pair_cka(store, *sides()), sys.argv[1])
+with open("/proc/self/status") as f:
+    peak = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+print(json.dumps({"seconds": seconds, "io": io, "peak_kib": peak, "layers": layers,
+                  "matrix": matrix.tolist()}))
+"""
+
+
+def sides() -> list[Side]:
+    return [
+        Side(EXPERIMENT, ARCH, DATASET, seed, 1, f"{EXPERIMENT}/run{seed}", SPLIT)
+        for seed in (0, 1)
+    ]
+
+
+def write_runs(store: EmbeddingStore, n: int, dims, shuffled: bool = False) -> list[Side]:
+    """Two runs of ``len(dims)`` layers; with ``shuffled`` the second stores its rows in
+    another sample order."""
     rng = np.random.default_rng(0)
-    sides = []
     latent = rng.normal(size=(n, LATENT)).astype(np.float32)
     for seed in (0, 1):
         run_id = f"{EXPERIMENT}/run{seed}"
+        shuffle = shuffled and seed == 1
+        order = np.random.default_rng(1).permutation(n) if shuffle else np.arange(n)
         for i, d in enumerate(dims):
             X = latent @ rng.normal(size=(LATENT, d)).astype(np.float32)
             X += rng.normal(scale=2.0, size=(n, d)).astype(np.float32)
             rows = S.embedding_rows(
-                X,
-                sample_index=np.arange(n),
+                X[order],
+                sample_index=order,
                 subclass=np.zeros(n),
                 superclass=np.zeros(n),
                 experiment_id=EXPERIMENT,
@@ -68,8 +102,19 @@ def write_runs(store: EmbeddingStore, n: int, dims) -> list[Side]:
             )
             table = S.embeddings_table(EXPERIMENT, ARCH, f"layer{i:02d}")
             store.write_unit(table, run_id, rows, S.embeddings_schema(d))
-        sides.append(Side(EXPERIMENT, ARCH, DATASET, seed, 1, run_id, SPLIT))
-    return sides
+    return sides()
+
+
+def streamed(root: str) -> dict:
+    """``layer_pair_cka`` of the two runs in a child process, cold: its seconds, I/O
+    counters, peak resident memory (KiB) and matrix."""
+    out = subprocess.run(
+        [sys.executable, "-c", STREAMED_SCRIPT, root, str(Path(__file__).parent)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def per_pair(store: EmbeddingStore, a: Side, b: Side, layers: list[str]) -> np.ndarray:
@@ -77,8 +122,11 @@ def per_pair(store: EmbeddingStore, a: Side, b: Side, layers: list[str]) -> np.n
     out = np.empty((len(layers), len(layers)))
 
     def centred(side, layer):
+        rows = store.embeddings(
+            EXPERIMENT, ARCH, layer, columns=["sample_index"], run_id=side.run_id, split=SPLIT
+        )
         X = store.embedding_array(EXPERIMENT, ARCH, layer, run_id=side.run_id, split=SPLIT)
-        X = X.astype(np.float64)
+        X = X[np.argsort(rows.column(0).to_numpy())].astype(np.float64)
         return X - X.mean(0)
 
     for p, la in enumerate(layers):
@@ -99,28 +147,32 @@ def cold(fn, root: str):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(__doc__, argv, rows=50_000)
+    args = parse_args(__doc__, argv, rows=50_000, shuffled=0)
     n = QUICK_ROWS if args.quick else args.rows
     dims = tuple(max(8, d // 8) for d in DIMS) if args.quick else DIMS
     root = tempfile.mkdtemp(prefix="bench-consistency-")
     try:
         store = EmbeddingStore(root)
         start = time.perf_counter()
-        a, b = write_runs(store, n, dims)
+        a, b = write_runs(store, n, dims, shuffled=bool(args.shuffled))
         write_s = time.perf_counter() - start
-        ours_s, (layers, _, ours), ours_bytes = cold(lambda: layer_pair_cka(store, a, b), root)
+        child = streamed(root)
+        ours_s, layers, ours_bytes = child["seconds"], child["layers"], child["io"]
+        ours = np.array(child["matrix"])
         base_s, base, base_bytes = cold(lambda: per_pair(store, a, b, layers), root)
         stored = 2 * n * sum(dims) * 4
         return report(
             {
                 "rows": n,
                 "layers": len(dims),
+                "shuffled": bool(args.shuffled),
                 "dims": f"{min(dims)}..{max(dims)} (sum {sum(dims)})",
                 "stored_gb": stored / 1e9,
                 "write_seconds": write_s,
                 "streamed_seconds": ours_s,
                 "streamed_gb_read_bytes": ours_bytes["read_bytes"] / 1e9,
                 "streamed_gb_rchar": ours_bytes["rchar"] / 1e9,
+                "streamed_peak_rss_mib": child["peak_kib"] / 1024,
                 "per_pair_seconds": base_s,
                 "per_pair_gb_read_bytes": base_bytes["read_bytes"] / 1e9,
                 "per_pair_gb_rchar": base_bytes["rchar"] / 1e9,

@@ -33,11 +33,14 @@ from services.metrics import CKAAccumulator, knn_overlap, pairwise_scores, strea
 from storage import EmbeddingStore, PendingUnit, embedding_matrix
 from storage import schema as S
 from storage.filters import where
+from storage.memory import return_large_buffers_to_the_os
+from storage.reads import ROW_ID
 
 CLUSTERING_METRICS = ("ari", "ami", "nmi")
 EMBEDDING_METRICS = ("cka", "cka_debiased", "mknn")
 COMPARE_METRICS = CLUSTERING_METRICS + EMBEDDING_METRICS
 CKA_BATCH_ROWS = 4096  # rows of every (side, layer) held at once while accumulating CKA
+CKA_READAHEAD = 1  # batches Lance decodes ahead of each of the (side, layer) streams
 MKNN_K = 10
 EMBEDDING_SCOPE = "all"  # scope / method / factor of embedding-score rows
 EMBEDDING_METHOD = "embedding"
@@ -360,37 +363,68 @@ def side_sample_index(store: EmbeddingStore, side: Side, layer: str) -> np.ndarr
     return rows.column(0).to_numpy()
 
 
-def _sample_orders(store: EmbeddingStore, sides: list[Side], layers) -> bool:
-    """Whether every (side, layer) stores its rows in one sample order; raise if the
-    sample sets differ."""
-    reference, same_order = None, True
+@dataclass(frozen=True)
+class _Taken:
+    """Where a (side, layer) stored out of the reference order keeps the reference's
+    samples: their row ids, in reference order, valid for ``version`` of its table."""
+
+    version: int
+    row_ids: np.ndarray
+
+
+def _sample_orders(
+    store: EmbeddingStore, sides: list[Side], layers
+) -> dict[tuple[Side, str], _Taken | None]:
+    """How to read each (side, layer) in the reference order, the stored row order of
+    the first side's first layer: None where its rows are in that order (a scan), else
+    a :class:`_Taken`. Raises if the sample sets differ."""
+    reference, orders = None, {}
     for side in sides:
         for layer in layers[side]:
             index = side_sample_index(store, side, layer)
             if reference is None:
-                reference = (side, index)
+                reference = (side, index, np.argsort(index, kind="stable"))
+                orders[(side, layer)] = None
                 continue
-            if not np.array_equal(np.sort(index), np.sort(reference[1])):
+            ref_side, ref_index, ref_order = reference
+            order = np.argsort(index, kind="stable")
+            if not np.array_equal(index[order], ref_index[ref_order]):
                 raise CompareError(
                     f"{side.key} {layer} holds {len(index)} {side.split} samples and "
-                    f"{reference[0].key} {len(reference[1])}, not the same sample_index set; "
+                    f"{ref_side.key} {len(ref_index)}, not the same sample_index set; "
                     "CKA and mknn need the same samples on both sides"
                 )
-            same_order = same_order and np.array_equal(index, reference[1])
-    return same_order
+            orders[(side, layer)] = (
+                None if np.array_equal(index, ref_index) else _taken(store, side, layer, ref_index)
+            )
+    return orders
+
+
+def _taken(store: EmbeddingStore, side: Side, layer: str, samples: np.ndarray) -> _Taken:
+    """The row ids of ``samples`` (sample_index values) in the side's rows of ``layer``."""
+    ds = store.layer_dataset(side.experiment_id, side.arch, layer)
+    rows = store.row_ids(
+        ds, where(run_id=side.run_id, epoch=side.epoch, split=side.split), ["sample_index"]
+    )
+    index = rows.column("sample_index").to_numpy()
+    order = np.argsort(index, kind="stable")
+    at = order[np.searchsorted(index[order], samples)]
+    return _Taken(ds.version, rows.column(ROW_ID).to_numpy()[at])
 
 
 def _layer_stream(store: EmbeddingStore, side: Side, layer: str) -> Iterator[np.ndarray]:
-    """The side's rows of one layer, in stored order, ``CKA_BATCH_ROWS`` rows at a time."""
-    batches = store.embedding_batches(
-        side.experiment_id,
-        side.arch,
-        layer,
-        columns=[S.EMBEDDING],
-        rows_per_batch=CKA_BATCH_ROWS,
-        run_id=side.run_id,
-        epoch=side.epoch,
-        split=side.split,
+    """The side's rows of one layer, in stored order, ``CKA_BATCH_ROWS`` rows at a time.
+
+    Lance reads at most ``CKA_READAHEAD`` batches ahead: a compare holds one stream per
+    (side, layer) open at once.
+    """
+    ds = store.layer_dataset(side.experiment_id, side.arch, layer)
+    batches = store.scan(
+        ds,
+        [S.EMBEDDING],
+        where(run_id=side.run_id, epoch=side.epoch, split=side.split),
+        CKA_BATCH_ROWS,
+        batch_readahead=CKA_READAHEAD,
     )
     held, n_held = [], 0
     for batch in batches:
@@ -404,40 +438,42 @@ def _layer_stream(store: EmbeddingStore, side: Side, layer: str) -> Iterator[np.
         yield np.concatenate(held)
 
 
-def _sorted_layer(store: EmbeddingStore, side: Side, layer: str) -> np.ndarray:
-    """The side's whole layer (n, d) float32, rows in sample_index order."""
-    rows = store.embeddings(
-        side.experiment_id,
-        side.arch,
-        layer,
-        columns=["sample_index", S.EMBEDDING],
-        run_id=side.run_id,
-        epoch=side.epoch,
-        split=side.split,
-    )
-    return embedding_matrix(rows)[np.argsort(rows.column("sample_index").to_numpy())]
+def _taken_stream(store: EmbeddingStore, side: Side, layer: str, taken: _Taken):
+    """The side's rows of one layer in reference order, ``CKA_BATCH_ROWS`` at a time, each
+    block's rows taken by row id (ascending) from the version the ids were read from."""
+    ds = store.layer_dataset(side.experiment_id, side.arch, layer, version=taken.version)
+    dim = ds.schema.field(S.EMBEDDING).type.list_size
+    for start in range(0, len(taken.row_ids), CKA_BATCH_ROWS):
+        wanted = taken.row_ids[start : start + CKA_BATCH_ROWS]
+        order = np.argsort(wanted)
+        block = np.empty((len(wanted), dim), np.float32)
+        block[order] = embedding_matrix(store.take_rows(ds, wanted[order], [S.EMBEDDING]))
+        yield block
 
 
-def _aligned_batches(store, sides, layers, same_order: bool) -> Iterator[list[list[np.ndarray]]]:
+def _aligned_batches(store, sides, layers, orders) -> Iterator[list[list[np.ndarray]]]:
     """Batches [side][layer] -> (rows, d) of the same samples on every side and layer.
 
-    Stored rows in one sample order are streamed in lock step (each table scanned
-    once per side); otherwise each layer is read whole and sorted (memory: every
-    side's layers at once).
+    Rows come in the reference order (see :func:`_sample_orders`): tables that store
+    them so are scanned, the others taken by row id block by block; either way each
+    table is read once, ``CKA_BATCH_ROWS`` rows of every (side, layer) at a time.
     """
-    if same_order:
-        streams = [[_layer_stream(store, s, layer) for layer in layers[s]] for s in sides]
-        yield from (
-            [list(side_blocks) for side_blocks in blocks]
-            for blocks in zip(
-                *(zip(*side_streams, strict=True) for side_streams in streams), strict=True
-            )
+    return_large_buffers_to_the_os()  # else glibc's heap grows with the batches read
+    streams = [
+        [
+            _layer_stream(store, s, layer)
+            if orders[(s, layer)] is None
+            else _taken_stream(store, s, layer, orders[(s, layer)])
+            for layer in layers[s]
+        ]
+        for s in sides
+    ]
+    yield from (
+        [list(side_blocks) for side_blocks in blocks]
+        for blocks in zip(
+            *(zip(*side_streams, strict=True) for side_streams in streams), strict=True
         )
-        return
-    whole = [[_sorted_layer(store, s, layer) for layer in layers[s]] for s in sides]
-    n = len(whole[0][0])
-    for start in range(0, n, CKA_BATCH_ROWS):
-        yield [[X[start : start + CKA_BATCH_ROWS] for X in side] for side in whole]
+    )
 
 
 @dataclass
@@ -447,7 +483,7 @@ class _Group:
     units: list[CompareUnit]
     sides: list[Side]
     layers: dict[Side, list[str]]
-    same_order: bool
+    orders: dict[tuple[Side, str], _Taken | None]  # see _sample_orders
 
 
 def embedding_groups(store: EmbeddingStore, units: list[CompareUnit]) -> list[_Group]:
@@ -476,7 +512,7 @@ def layer_pair_cka(
     """
     (group,) = embedding_groups(store, [CompareUnit(a, b, "cka")])
     acc = CKAAccumulator(2, device=device)
-    for batch in _aligned_batches(store, group.sides, group.layers, group.same_order):
+    for batch in _aligned_batches(store, group.sides, group.layers, group.orders):
         acc.update(batch)
     i, j = group.sides.index(a), group.sides.index(b)
     matrix = acc.result(i, j, debiased=debiased) if i < j else acc.result(j, i, debiased=debiased).T
@@ -500,7 +536,7 @@ def embedding_matrices(
     if cka:
         pairs = sorted({(at[u.a], at[u.b]) for u in cka})
         acc = CKAAccumulator(len(sides), pairs, device=device)
-        for batch in _aligned_batches(store, sides, layers, group.same_order):
+        for batch in _aligned_batches(store, sides, layers, group.orders):
             acc.update(batch)
         for u in cka:
             result = acc.result(at[u.a], at[u.b], debiased=u.metric == "cka_debiased")
@@ -532,6 +568,7 @@ def _neighbour_samples(store: EmbeddingStore, side: Side, layer: str, k: int) ->
     The layer is streamed (:func:`~services.metrics.streamed_neighbours`); besides its
     bounded query block this holds the layer's sample_index column and (n, k) int64.
     """
+    return_large_buffers_to_the_os()
     index = side_sample_index(store, side, layer)
     positions = streamed_neighbours(lambda: _layer_stream(store, side, layer), len(index), k)
     samples = index[positions][np.argsort(index)]

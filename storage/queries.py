@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from storage import schema as S
 from storage.filters import where
-from storage.reads import StoreReads
+from storage.reads import ROW_ID, StoreReads
 from storage.tables import StoreError
 
 # Bytes of rows per streamed batch of a query (embeddings, metrics, pairs, clusterings):
@@ -26,7 +26,6 @@ from storage.tables import StoreError
 QUERY_BATCH_BYTES = 1 << 20
 # Estimated bytes of the key columns of one row, added to its vector when sizing batches.
 KEY_COLUMN_BYTES = 64
-ROW_ID = "_rowid"  # Lance's row id column (the row's address: no stable row ids here)
 # Columns an embeddings query answers with by default: the keys and the vector.
 EMBEDDING_COLUMNS = [
     "run_id",

@@ -25,6 +25,7 @@ SCAN_BATCH_BYTES = 2 << 20
 # default (sized for object stores) read the same layer in 0.11-0.14 s, 8-32 MiB in
 # 0.06-0.09 s; object-store roots keep the default, which keeps more requests in flight.
 LOCAL_SCAN_IO_BUFFER_BYTES = 16 << 20
+ROW_ID = "_rowid"  # Lance's row id column (the row's address: no stable row ids here)
 
 
 class StoreReads(StoreTables):
@@ -153,6 +154,18 @@ class StoreReads(StoreTables):
             io_buffer_size=None if self.is_object_store else LOCAL_SCAN_IO_BUFFER_BYTES,
             **scanner,
         )
+
+    def row_ids(
+        self, ds: lance.LanceDataset, filter: str | None, columns: list[str] | None = None
+    ) -> pa.Table:
+        """``columns`` (none by default) and the row id (``ROW_ID``) of every row of ``ds``
+        that matches ``filter``; the ids stay valid for this version of the table."""
+        return ds.to_table(columns=columns or [], filter=filter, with_row_id=True)
+
+    def take_rows(self, ds: lance.LanceDataset, ids: np.ndarray, columns: list[str]) -> pa.Table:
+        """``columns`` of the rows of ``ds`` with row ids ``ids`` (from :meth:`row_ids` on
+        the same version, so no deleted row among them), in the order given."""
+        return ds._take_rows(pa.array(ids, type=pa.uint64()), columns)
 
 
 def embedding_matrix(

@@ -48,13 +48,15 @@ def _torch():
 
 
 def _as_tensor(X, device):
-    """``X`` (NumPy or torch, any float dtype) as a float64 torch tensor on ``device``."""
+    """``X`` (NumPy or torch, any float dtype) as a torch tensor on ``device``, no copy
+    where it already is one (the dtype is kept: the caller casts while copying)."""
     torch = _torch()
     if isinstance(X, torch.Tensor):
-        return X.detach().to(device=device or X.device, dtype=torch.float64)
-    return torch.from_numpy(np.ascontiguousarray(as_numpy(X))).to(
-        device=device or "cpu", dtype=torch.float64
-    )
+        return X.detach().to(device=device or X.device)
+    X = as_numpy(X)
+    if X.dtype.kind != "f":
+        X = X.astype(np.float64)
+    return torch.from_numpy(np.ascontiguousarray(X)).to(device=device or "cpu")
 
 
 def _check_pair(X, Y) -> None:
@@ -68,55 +70,88 @@ def _check_pair(X, Y) -> None:
 
 
 class _Side:
-    """Moments of every layer of one run: shift, n, column sums, X^T X, row-norm sums."""
+    """Moments of every layer of one run, over its *wide* batches.
 
-    def __init__(self, n_layers: int):
-        self.shift = [None] * n_layers
+    A wide batch is one float64 (rows, sum of d + n_layers) matrix: every layer's rows
+    shifted by that layer's reference row, side by side, then one column per layer
+    holding the shifted rows' squared norms r_i. Kept: n, the column sums of the wide
+    matrix (the layers' sums, then sum_i r_i), sum_i r_i^2 per layer, per layer X^T X
+    and sum_i r_i x_i.
+    """
+
+    def __init__(self, dims: list[int], device, dtype):
+        torch = _torch()
+        self.dims = dims
+        self.starts = np.cumsum([0, *dims])
+        self.width = int(self.starts[-1])  # the norm columns follow
         self.n = 0
-        self.sums = [None] * n_layers  # (d,) sum of shifted rows
-        self.gram = [None] * n_layers  # (d, d) X^T X of shifted rows
-        self.norms = [0.0] * n_layers  # sum_i r_i
-        self.norms2 = [0.0] * n_layers  # sum_i r_i^2
-        self.weighted = [None] * n_layers  # (d,) sum_i r_i x_i
+        self.shift = None  # (width,) the first batch's mean rows: any fixed rows would do
+        self.sums = torch.zeros(self.width + len(dims), device=device, dtype=dtype)
+        self.norms2 = torch.zeros(len(dims), device=device, dtype=dtype)
+        self.gram = [torch.zeros((d, d), device=device, dtype=dtype) for d in dims]
+        self.weighted = torch.zeros(self.width, device=device, dtype=dtype)
+        self.buffer = None  # the wide batch, reused from batch to batch
 
-    def shifted(self, layers) -> list:
-        out = []
-        for i, X in enumerate(layers):
-            if self.shift[i] is None:  # the first batch's mean: any fixed row would do
-                self.shift[i] = X.mean(0)
-            out.append(X - self.shift[i])
-        return out
+    def layer(self, k: int) -> slice:
+        return slice(int(self.starts[k]), int(self.starts[k + 1]))
 
-    def update(self, xs, rs) -> None:
-        self.n += xs[0].shape[0]
-        for i, (X, r) in enumerate(zip(xs, rs, strict=True)):
-            if self.sums[i] is None:
-                d = X.shape[1]
-                self.sums[i] = X.new_zeros(d)
-                self.gram[i] = X.new_zeros((d, d))
-                self.weighted[i] = X.new_zeros(d)
-            self.sums[i] += X.sum(0)
-            self.gram[i] += X.T @ X
-            self.norms[i] += float(r.sum())
-            self.norms2[i] += float((r * r).sum())
-            self.weighted[i] += r @ X
+    def wide(self, layers) -> object:
+        """The wide batch of ``layers`` (each (rows, d_k), any float dtype)."""
+        rows = layers[0].shape[0]
+        if self.buffer is None or self.buffer.shape[0] < rows:
+            self.buffer = _torch().empty(
+                (rows, self.width + len(self.dims)), device=self.sums.device, dtype=self.sums.dtype
+            )
+        wide = self.buffer[:rows]
+        for k, X in enumerate(layers):
+            wide[:, self.layer(k)].copy_(X)  # cast to float64 while copying
+        if self.shift is None:
+            self.shift = wide[:, : self.width].mean(0)
+        wide[:, : self.width].sub_(self.shift)
+        for k in range(len(self.dims)):
+            X = wide[:, self.layer(k)]
+            wide[:, self.width + k] = (X * X).sum(1)
+        return wide
+
+    def update(self, wide) -> None:
+        self.n += wide.shape[0]
+        self.sums += wide.sum(0)
+        norms = wide[:, self.width :]
+        self.norms2 += (norms * norms).sum(0)
+        for k, gram in enumerate(self.gram):
+            X = wide[:, self.layer(k)]
+            gram.addmm_(X.T, X)
+            self.weighted[self.layer(k)] += norms[:, k] @ X
+
+    def moments(self, k: int) -> tuple:
+        """(sum of the shifted rows, sum_i r_i) of layer ``k``."""
+        return self.sums[self.layer(k)], float(self.sums[self.width + k])
 
 
 class _Cross:
-    """Cross moments of two runs, all layers concatenated: X^T Y, R^T R', R^T Y, X^T R'."""
+    """Cross moments of two runs: the product of their wide batches, summed.
 
-    def __init__(self):
-        self.xy = self.rr = self.ry = self.xr = None
+    Its blocks are X^T Y (layers of A x layers of B), X^T R', R^T Y and R^T R' (R, R' the
+    norm columns)."""
 
-    def update(self, xa, ra, xb, rb) -> None:
-        if self.xy is None:
-            self.xy, self.rr = xa.T @ xb, ra.T @ rb
-            self.ry, self.xr = ra.T @ xb, xa.T @ rb
-            return
-        self.xy += xa.T @ xb
-        self.rr += ra.T @ rb
-        self.ry += ra.T @ xb
-        self.xr += xa.T @ rb
+    def __init__(self, a: _Side, b: _Side):
+        torch = _torch()
+        self.a, self.b = a, b
+        self.product = torch.zeros(
+            (a.width + len(a.dims), b.width + len(b.dims)),
+            device=a.sums.device,
+            dtype=a.sums.dtype,
+        )
+
+    def update(self, wide_a, wide_b) -> None:
+        self.product.addmm_(wide_a.T, wide_b)
+
+    def blocks(self, p: int, q: int) -> tuple:
+        """(X^T Y, R^T R', R^T Y, X^T R') of layer ``p`` of A and layer ``q`` of B."""
+        sa, sb = self.a.layer(p), self.b.layer(q)
+        ra, rb = self.a.width + p, self.b.width + q
+        m = self.product
+        return m[sa, sb], float(m[ra, rb]), m[ra, sb], m[sa, rb]
 
 
 class CKAAccumulator:
@@ -124,10 +159,13 @@ class CKAAccumulator:
 
     Feed aligned batches (row i of every array is the same sample) of every layer
     of every run with :meth:`update`; :meth:`result` gives the layer x layer CKA of a
-    pair of runs. Memory: per run and layer a (d, d) float64 matrix; per pair of runs
-    a (sum of d_A) x (sum of d_B) float64 matrix. Work is done with torch on
-    ``device`` (``"cuda"`` when present; ``None``: the CPU, or the device of torch
-    inputs), in float64.
+    pair of runs. Work is done with torch on ``device`` (``"cuda"`` when present;
+    ``None``: the CPU, or the device of torch inputs), in float64.
+
+    Memory, with W the sum of a run's layer widths plus its number of layers and B
+    the rows of a batch: per run a (B, W) float64 batch buffer and a (d, d) matrix per
+    layer; per pair of runs one W_A x W_B float64 matrix (every cross moment, one
+    matrix product per batch); nothing grows with the number of batches.
 
     Parameters
     ----------
@@ -159,7 +197,7 @@ class CKAAccumulator:
             raise ValueError(f"pairs {bad} name runs outside 0..{n_runs - 1}")
         self.device = device
         self._sides: list[_Side] | None = None
-        self._cross = {p: _Cross() for p in self.pairs}
+        self._cross: dict[tuple[int, int], _Cross] = {}
         self._dims: list[list[int]] | None = None
 
     @property
@@ -174,7 +212,7 @@ class CKAAccumulator:
         if len(runs) != self.n_runs:
             raise ValueError(f"update got {len(runs)} runs, expected n_runs={self.n_runs}")
         tensors = [[_as_tensor(X, self.device) for X in layers] for layers in runs]
-        dims = [[X.shape[1] for X in layers] for layers in tensors]
+        dims = [[X.shape[1] if X.ndim == 2 else -1 for X in layers] for layers in tensors]
         rows = {X.shape[0] for layers in tensors for X in layers}
         if any(X.ndim != 2 for layers in tensors for X in layers) or len(rows) != 1:
             raise ValueError(
@@ -182,20 +220,18 @@ class CKAAccumulator:
                 f"{sorted(rows)}; pass aligned batches of the same samples"
             )
         if self._sides is None:
-            self._sides = [_Side(len(layers)) for layers in tensors]
+            device = tensors[0][0].device
+            dtype = _torch().float64
+            self._sides = [_Side(d, device, dtype) for d in dims]
+            self._cross = {(i, j): _Cross(self._sides[i], self._sides[j]) for i, j in self.pairs}
             self._dims = dims
         elif dims != self._dims:
             raise ValueError(f"layer widths {dims} differ from the first batch's {self._dims}")
-        torch = _torch()
-        wide, norms = [], []
-        for side, layers in zip(self._sides, tensors, strict=True):
-            xs = side.shifted(layers)
-            rs = [(X * X).sum(1) for X in xs]
-            side.update(xs, rs)
-            wide.append(torch.cat(xs, 1))
-            norms.append(torch.stack(rs, 1))
+        wide = [side.wide(layers) for side, layers in zip(self._sides, tensors, strict=True)]
+        for side, batch in zip(self._sides, wide, strict=True):
+            side.update(batch)
         for (i, j), cross in self._cross.items():
-            cross.update(wide[i], norms[i], wide[j], norms[j])
+            cross.update(wide[i], wide[j])
 
     def result(self, i: int = 0, j: int = 1, *, debiased: bool = False) -> np.ndarray:
         """CKA of every layer of run ``i`` (rows) with every layer of run ``j`` (columns).
@@ -212,24 +248,12 @@ class CKAAccumulator:
                 f"CKA needs n_samples >= {MIN_DEBIASED_SAMPLES if debiased else 2}, got {n}"
             )
         a, b, cross = self._sides[i], self._sides[j], self._cross[(i, j)]
-        self_a = [_self_hsic(a, k, debiased) for k in range(len(self._dims[i]))]
-        self_b = [_self_hsic(b, k, debiased) for k in range(len(self._dims[j]))]
-        starts_a, starts_b = np.cumsum([0, *self._dims[i]]), np.cumsum([0, *self._dims[j]])
+        self_a = [_self_hsic(a, k, debiased) for k in range(len(a.dims))]
+        self_b = [_self_hsic(b, k, debiased) for k in range(len(b.dims))]
         out = np.empty((len(self_a), len(self_b)))
         for p in range(len(self_a)):
-            sa = slice(starts_a[p], starts_a[p + 1])
             for q in range(len(self_b)):
-                sb = slice(starts_b[q], starts_b[q + 1])
-                hsic = _hsic(
-                    n,
-                    (a.sums[p], a.norms[p]),
-                    (b.sums[q], b.norms[q]),
-                    cross.xy[sa, sb],
-                    float(cross.rr[p, q]),
-                    cross.ry[p, sb],
-                    cross.xr[sa, q],
-                    debiased,
-                )
+                hsic = _hsic(n, a.moments(p), b.moments(q), *cross.blocks(p, q), debiased)
                 denominator = np.sqrt(self_a[p] * self_b[q])
                 out[p, q] = hsic / denominator if denominator > 0 else np.nan
         return out
@@ -270,14 +294,15 @@ def _row_norm_products(n, sx, qx, sy, qy, xy, rr, ry, xr) -> float:
 
 
 def _self_hsic(side: _Side, k: int, debiased: bool) -> float:
+    layer = side.layer(k)
     return _hsic(
         side.n,
-        (side.sums[k], side.norms[k]),
-        (side.sums[k], side.norms[k]),
+        side.moments(k),
+        side.moments(k),
         side.gram[k],
-        side.norms2[k],
-        side.weighted[k],
-        side.weighted[k],
+        float(side.norms2[k]),
+        side.weighted[layer],
+        side.weighted[layer],
         debiased,
     )
 
