@@ -17,6 +17,7 @@ import pyarrow as pa
 from storage import schema as S
 from storage.filters import where
 from storage.reads import ROW_ID, StoreReads
+from storage.sample_rows import sample_row_ids
 from storage.tables import StoreError
 
 # Bytes of rows per streamed batch of a query (embeddings, metrics, pairs, clusterings):
@@ -24,6 +25,9 @@ from storage.tables import StoreError
 # client; curl 57-63 ms), 180 ms with 4 MiB and 251 ms with 64 MiB (uvicorn copies each
 # chunk it frames; small chunks stay in cache and fit the socket buffer).
 QUERY_BATCH_BYTES = 1 << 20
+# Bytes of rows per take of named rows: each take also asks Lance for the key columns
+# (1.2 ms however few the rows), so 1,000 rows of 512 dims go in one take, not three.
+TAKE_BATCH_BYTES = 4 << 20
 # Estimated bytes of the key columns of one row, added to its vector when sizing batches.
 KEY_COLUMN_BYTES = 64
 # Columns an embeddings query answers with by default: the keys and the vector.
@@ -158,15 +162,23 @@ def layer_rows(
     Streams ``QUERY_BATCH_BYTES`` at a time; ``limit`` and ``offset`` count matching
     rows in table order (that of :meth:`EmbeddingStore.embeddings`). Without ``count``
     the rows are not counted first (one index lookup less); ``rows`` is then None.
-    Rows named by ``sample_index`` are found through the scalar index and taken by row
-    id (:func:`_taken`), and always counted.
+    Rows named by ``sample_index`` are found through the layer's sample map
+    (:mod:`storage.sample_rows`) or, for a layer too large for it, the scalar index,
+    then taken by row id (:func:`_taken`), and always counted.
     """
     check_layer(store, experiment_id, arch, layer)
     ds = store.layer_dataset(experiment_id, arch, layer)
     columns = columns or EMBEDDING_COLUMNS
     row_bytes = ds.schema.field(S.EMBEDDING).type.list_size * 4 + KEY_COLUMN_BYTES
-    if conditions.get("sample_index") is not None:  # named rows: index lookup, then take
-        return _taken(ds, columns, where(**conditions), row_bytes, limit, offset)
+    samples = conditions.pop("sample_index", None)
+    if samples is not None:  # named rows: their row ids, then a take
+        samples = np.atleast_1d(np.asarray(samples, dtype=np.int64))
+        ids = sample_row_ids(ds, samples, where(**conditions))
+        if ids is None:
+            filter = where(**conditions, sample_index=samples.tolist())
+            ids = ds.to_table(columns=[], filter=filter, with_row_id=True).column(ROW_ID)
+            ids = ids.to_numpy()
+        return _taken(store, ds, columns, ids, row_bytes, limit, offset)
     return _stream(store, ds, columns, where(**conditions), row_bytes, limit, offset, count)
 
 
@@ -240,31 +252,33 @@ def thumbnail(store: StoreReads, dataset_id: str, split: str, sample_index: int)
 
 
 def _taken(
+    store: StoreReads,
     ds: lance.LanceDataset,
     columns: list[str],
-    filter: str,
+    ids: np.ndarray,
     row_bytes: int,
     limit: int | None,
     offset: int,
 ) -> RowStream:
-    """The rows of ``ds`` that match ``filter``, ``limit`` after ``offset``, for filters that
-    name a few rows (``sample_index IN (...)``): their row ids come from the scalar
-    indices alone (no column is read), then Lance takes just those rows, in table order.
+    """The rows of ``ds`` with row ids ``ids`` (a few named rows), ``limit`` after
+    ``offset`` in table order (:meth:`EmbeddingStore.take_rows`), ``TAKE_BATCH_BYTES``
+    at a time. The count is free.
 
-    1,000 random rows of a 50,000 x 512 layer: 1.9 ms for the ids and 8 ms for the take,
-    where a filtered scan of the same rows took 12-16 ms (2 cores). The count is free.
+    1,000 random rows of a 50,000 x 512 layer: 0.1 ms for the ids from the sample map
+    (3 ms through Lance's scalar index), 1.7 ms for Lance's take of the key columns and
+    2 ms for the embeddings read from the files, where Lance's take of every column
+    needed 8-10 ms and a filtered scan 12-16 ms (2 cores).
     """
-    _check_columns(ds, columns)
-    schema = pa.schema([ds.schema.field(name) for name in columns])
-    found = ds.to_table(columns=[], filter=filter, with_row_id=True).column(ROW_ID)
-    ids = _in_table_order(ds, found.to_numpy())
+    schema = _check_columns(ds, columns)
+    ids = _in_table_order(ds, ids)
     ids = ids[offset : None if limit is None else offset + limit]
-    rows_per_batch = max(1, QUERY_BATCH_BYTES // row_bytes)
+
+    rows_per_batch = max(1, TAKE_BATCH_BYTES // row_bytes)
 
     def batches() -> Iterator[pa.RecordBatch]:
         for start in range(0, len(ids), rows_per_batch):
-            # the ids were just read from this version's indices: no deleted row among them
-            taken = ds._take_rows(pa.array(ids[start : start + rows_per_batch]), columns)
+            # the ids were just read from this version: no deleted row among them
+            taken = store.take_rows(ds, ids[start : start + rows_per_batch], columns)
             yield from taken.to_batches()
 
     return RowStream(schema, len(ids), batches())
@@ -284,10 +298,13 @@ def _in_table_order(ds: lance.LanceDataset, ids: np.ndarray) -> np.ndarray:
     return ids[np.argsort(keys, kind="stable")]
 
 
-def _check_columns(ds: lance.LanceDataset, columns: list[str]) -> None:
-    missing = [c for c in columns if c not in ds.schema.names]
+def _check_columns(ds: lance.LanceDataset, columns: list[str]) -> pa.Schema:
+    """The schema of ``columns`` of ``ds``; a StoreError names any it does not have."""
+    stored = ds.schema  # built anew on every access
+    missing = [c for c in columns if c not in stored.names]
     if missing:
-        raise StoreError(f"columns {missing} are not in the table; it has {ds.schema.names}")
+        raise StoreError(f"columns {missing} are not in the table; it has {stored.names}")
+    return pa.schema([stored.field(name) for name in columns])
 
 
 def _stream(
@@ -301,8 +318,7 @@ def _stream(
     count: bool = True,
 ) -> RowStream:
     """The rows of one dataset version that match, ``limit`` after ``offset``."""
-    _check_columns(ds, columns)
-    schema = pa.schema([ds.schema.field(name) for name in columns])
+    schema = _check_columns(ds, columns)
     rows = None
     if count:
         rows = max(0, ds.count_rows(filter=filter) - offset)

@@ -50,7 +50,7 @@ def test_rows_by_sample_index_equal_a_filtered_scan_in_table_order(
     store, monkeypatch, conditions, limit, offset
 ):
     _layer_store(store)
-    monkeypatch.setattr(Q, "QUERY_BATCH_BYTES", 5 * (4 * 4 + Q.KEY_COLUMN_BYTES))  # 5 rows
+    monkeypatch.setattr(Q, "TAKE_BATCH_BYTES", 5 * (4 * 4 + Q.KEY_COLUMN_BYTES))  # 5 rows
     ds = lance.dataset(store.uri(TABLE))
     expected = ds.to_table(columns=Q.EMBEDDING_COLUMNS, filter=where(**conditions))
     expected = expected.slice(offset, limit)
