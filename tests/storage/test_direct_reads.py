@@ -1,0 +1,126 @@
+"""Embeddings read straight from the Lance files (storage.vectors) and rows found through
+the sample maps (storage.sample_rows) equal what Lance itself answers."""
+
+import lance
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+import storage.queries as Q
+import storage.sample_rows as SR
+from storage import schema as S
+from storage.filters import where
+from storage.reads import ROW_ID
+from storage.sample_rows import sample_row_ids
+from storage.vectors import _layout, take_vectors
+from tests.factories import embedding_unit as rows
+from tests.storage.test_queries import TABLE, _layer_store
+
+
+def _lance_vectors(ds, ids):
+    taken = ds._take_rows(pa.array(ids, type=pa.uint64()), [S.EMBEDDING]).column(0)
+    return np.stack(taken.to_numpy(zero_copy_only=False))
+
+
+def test_vectors_equal_lance_take_across_fragments_and_deletions(store):
+    _layer_store(store)  # four fragments of three generations, one unit deleted
+    ds = lance.dataset(store.uri(TABLE))
+    assert _layout(ds, S.EMBEDDING) is not None  # read from the files, not by Lance
+    ids = ds.to_table(columns=[], with_row_id=True).column(ROW_ID).to_numpy()
+    shuffled = np.random.default_rng(0).permutation(ids)
+    assert np.array_equal(take_vectors(ds, shuffled), _lance_vectors(ds, shuffled))
+    assert take_vectors(ds, ids[:0]).shape == (0, 4)
+
+
+@pytest.mark.parametrize("version", ["2.0", "2.1"])  # flat pages; full-zip pages
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_multi_page_files_and_float16(tmp_path, version, dtype):
+    n, d = 30_000, 400  # 48 MB of float32: several pages of a 2.0 file
+    values = np.random.default_rng(1).normal(size=(n, d)).astype(np.float32)
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(values.astype(dtype).ravel()), d)
+    ds = lance.write_dataset(
+        pa.table({S.EMBEDDING: vectors}), tmp_path / "t", data_storage_version=version
+    )
+    layout = _layout(ds, S.EMBEDDING)
+    assert layout is not None and layout.dtype == dtype
+    if dtype is np.float32 and version == "2.0":
+        assert len(next(iter(layout.fragments.values())).page_rows) > 2  # several pages
+    ids = np.random.default_rng(2).choice(n, 500, replace=False).astype(np.uint64)
+    assert np.array_equal(take_vectors(ds, ids), values.astype(dtype)[ids.astype(np.int64)])
+
+
+def test_layouts_it_does_not_know_are_left_to_lance(tmp_path):
+    values = np.arange(40, dtype=np.float32).reshape(10, 4)
+    valid = pa.array([i != 4 for i in range(10)])  # a null row: pages with validity
+    with_nulls = pa.FixedSizeListArray.from_arrays(
+        pa.array(values.ravel()), 4, mask=pc.invert(valid)
+    )
+    ds = lance.write_dataset(pa.table({S.EMBEDDING: with_nulls}), tmp_path / "nulls")
+    assert _layout(ds, S.EMBEDDING) is None
+    ids = np.array([7, 2, 9], dtype=np.uint64)
+    assert np.array_equal(take_vectors(ds, ids), values[[7, 2, 9]])
+    as_float64 = pa.FixedSizeListArray.from_arrays(pa.array(values.ravel().astype(float)), 4)
+    ds = lance.write_dataset(pa.table({S.EMBEDDING: as_float64}), tmp_path / "float64")
+    assert _layout(ds, S.EMBEDDING) is None  # only float32 and float16 are read directly
+    assert np.array_equal(take_vectors(ds, ids), values[[7, 2, 9]])
+
+
+def test_a_row_id_of_another_version_is_refused(store):
+    _layer_store(store)
+    ds = lance.dataset(store.uri(TABLE))
+    with pytest.raises(ValueError, match="not rows of this version"):
+        take_vectors(ds, np.array([(77 << 32) + 1], dtype=np.uint64))
+
+
+@pytest.mark.parametrize(
+    "conditions",
+    [
+        {},  # several runs share sample indices: every matching row
+        {"split": "test"},
+        {"run_id": "r2", "seed": 0},
+    ],
+)
+def test_sample_map_finds_the_rows_the_scalar_index_finds(store, conditions):
+    _layer_store(store)
+    ds = lance.dataset(store.uri(TABLE))
+    samples = np.array([0, 3, 12, 12, 22, 29, 31, 49, 1000])
+    expected = ds.to_table(
+        columns=[], filter=where(**conditions, sample_index=samples.tolist()), with_row_id=True
+    )
+    got = sample_row_ids(ds, samples, where(**conditions))
+    assert sorted(got.tolist()) == sorted(expected.column(ROW_ID).to_pylist())
+    assert len(sample_row_ids(ds, np.array([5000]), where(**conditions))) == 0
+
+
+def test_a_layer_too_large_for_the_maps_is_asked_of_lance(store, monkeypatch):
+    _layer_store(store)
+    monkeypatch.setattr(SR, "SAMPLE_MAP_BYTES", 16 * 10)  # ten rows
+    ds = lance.dataset(store.uri(TABLE))
+    assert sample_row_ids(ds, np.array([3]), None) is None
+    got = pa.Table.from_batches(
+        list(Q.layer_rows(store, "exp", "net", "fc", sample_index=[3, 12]).batches)
+    )
+    expected = ds.to_table(columns=Q.EMBEDDING_COLUMNS, filter="sample_index IN (3, 12)")
+    assert got.equals(expected)
+
+
+def test_maps_are_kept_within_their_budget(store, monkeypatch):
+    _layer_store(store)
+    ds = lance.dataset(store.uri(TABLE))
+    monkeypatch.setattr(SR, "_MAPS", type(SR._MAPS)())
+    monkeypatch.setattr(SR, "SAMPLE_MAP_BYTES", 16 * 70)  # one map of ~60 rows at a time
+    for split in ("test", "train", None):
+        sample_row_ids(ds, np.array([3]), where(split=split))
+        assert sum(m.nbytes for m in SR._MAPS.values()) <= SR.SAMPLE_MAP_BYTES
+    assert len(SR._MAPS) == 1
+
+
+def test_a_new_version_gets_a_new_map(store):
+    _layer_store(store)
+    ds = lance.dataset(store.uri(TABLE))
+    before = sample_row_ids(ds, np.array([55]), where(run_id="r9"))
+    assert len(before) == 0
+    store.write_unit(TABLE, "u9", rows(5, run="r9", start=55)[0])
+    ds = lance.dataset(store.uri(TABLE))
+    assert len(sample_row_ids(ds, np.array([55]), where(run_id="r9"))) == 1
