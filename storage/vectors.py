@@ -40,13 +40,13 @@ _LOCK = threading.Lock()
 # definition levels (one row's values after another). Anything else is left to Lance.
 _FLAT_PAGES = (
     re.compile(
-    r"ArrayEncoding{array_encoding:Some\(Nullable\(Nullable{nullability:Some\(NoNulls\("
-    r"NoNull{values:Some\(ArrayEncoding{array_encoding:Some\(FixedSizeList\(FixedSizeList{"
-    r"dimension:(?P<dim>\d+),has_validity:false,items:Some\(ArrayEncoding{array_encoding:"
-    r"Some\(Nullable\(Nullable{nullability:Some\(NoNulls\(NoNull{values:Some\(ArrayEncoding{"
-    r"array_encoding:Some\(Flat\(Flat{bits_per_value:(?P<bits>\d+),buffer:Some\(Buffer{"
-    r"buffer_index:0,buffer_type:Page,},\),compression:None,},\),\),},\),},\),\),},\),\),},"
-    r"\),},\),\),},\),},\),\),},\),\),}"
+        r"ArrayEncoding{array_encoding:Some\(Nullable\(Nullable{nullability:Some\(NoNulls\("
+        r"NoNull{values:Some\(ArrayEncoding{array_encoding:Some\(FixedSizeList\(FixedSizeList{"
+        r"dimension:(?P<dim>\d+),has_validity:false,items:Some\(ArrayEncoding{array_encoding:"
+        r"Some\(Nullable\(Nullable{nullability:Some\(NoNulls\(NoNull{values:Some\(ArrayEncoding{"
+        r"array_encoding:Some\(Flat\(Flat{bits_per_value:(?P<bits>\d+),buffer:Some\(Buffer{"
+        r"buffer_index:0,buffer_type:Page,},\),compression:None,},\),\),},\),},\),\),},\),\),},"
+        r"\),},\),\),},\),},\),\),},\),\),}"
     ),
     re.compile(
         r"PageLayout{layout:Some\(FullZipLayout\(FullZipLayout{bits_rep:0,bits_def:0,"
