@@ -7,6 +7,7 @@ a layer is scanned batch by batch, so one larger than memory reads fine.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import lance
@@ -27,6 +28,7 @@ SCAN_BATCH_BYTES = 2 << 20
 # 0.06-0.09 s; object-store roots keep the default, which keeps more requests in flight.
 LOCAL_SCAN_IO_BUFFER_BYTES = 16 << 20
 ROW_ID = "_rowid"  # Lance's row id column (the row's address: no stable row ids here)
+_TAKES = ThreadPoolExecutor(max_workers=4, thread_name_prefix="stratalens-take")
 
 
 class StoreReads(StoreTables):
@@ -173,11 +175,14 @@ class StoreReads(StoreTables):
         """
         ids = np.asarray(ids, dtype=np.uint64)
         others = [c for c in columns if c != S.EMBEDDING]
-        taken = ds._take_rows(pa.array(ids), others) if others else None
         if S.EMBEDDING not in columns:
-            return taken
+            return ds._take_rows(pa.array(ids), others)
+        # Lance takes the other columns on a thread of its own (the GIL released) while
+        # this one reads the vectors: 1,000 rows in 2.2 ms instead of 1.7 + 2 ms
+        keys = _TAKES.submit(ds._take_rows, pa.array(ids), others) if others else None
         stored = ds.schema  # built anew on every access
         values = take_vectors(ds, ids).reshape(-1)
+        taken = keys.result() if keys is not None else None
         arrays = {
             S.EMBEDDING: pa.FixedSizeListArray.from_arrays(
                 pa.array(values), type=stored.field(S.EMBEDDING).type
