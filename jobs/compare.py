@@ -16,7 +16,9 @@ compare that stops part-way resumes where it stopped.
   50,000 x 1,342 dims), else in query blocks of that size (blocks + 1 scans).
 
 Embedding scores need both sides to hold the same samples (matched by
-``sample_index``); anything else is refused with one sentence.
+``sample_index``); anything else is refused with one sentence. Rows are read in the
+first side's stored order: tables stored in it are scanned, the others taken by row
+id block by block (never read whole), so memory does not grow with the samples.
 """
 
 from __future__ import annotations

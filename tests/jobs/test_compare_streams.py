@@ -1,12 +1,15 @@
 """CKA between runs stored in different sample orders, and the memory of a streamed compare."""
 
+import json
 import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from jobs.cli import app
 from jobs.compare import _sample_orders, layer_pair_cka
 from services.metrics import linear_cka
 from storage import EmbeddingStore
@@ -64,3 +67,16 @@ def test_peak_memory_of_a_compare_does_not_grow_with_the_samples(tmp_path, shuff
         write_runs(EmbeddingStore(str(root)), n, (256,), shuffled=shuffled)
         peaks[n] = streamed(str(root))["peak_kib"] / 1024
     assert peaks[4 * 65_536] - peaks[65_536] < 64, peaks  # MiB
+
+
+def test_bench_consistency_quick_agrees_with_the_per_pair_loop():
+    result = CliRunner().invoke(
+        app, ["bench", "consistency", "--quick", "--json", "--shuffled", "1"]
+    )
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.output.strip().splitlines()[-1])
+    assert figures["shuffled"] and figures["layers"] == 16
+    assert figures["max_abs_diff"] < 1e-9
+    # the per-pair loop asks for every table once per partner layer, the stream once
+    assert figures["per_pair_gb_rchar"] > 8 * figures["streamed_gb_rchar"]
+    assert figures["streamed_peak_rss_mib"] > 0
