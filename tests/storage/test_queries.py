@@ -68,3 +68,23 @@ def test_row_ids_are_put_back_in_scan_order(store):
     ids = ds.to_table(columns=[], with_row_id=True).column(Q.ROW_ID).to_numpy()
     shuffled = ids[::-1].copy()
     assert (Q._in_table_order(ds, shuffled) == ids).all()
+
+
+def test_the_checked_names_follow_the_store(store, monkeypatch):
+    _layer_store(store)
+    Q.check_layer(store, "exp", "net", "fc")
+    other = {"experiment_id": "exp2", "name": "exp2", "spec": "{}", "created_at": None}
+    store.write_unit(
+        S.EXPERIMENTS, "exp2", pa.Table.from_pylist([other], schema=S.EXPERIMENTS_SCHEMA.remove(0))
+    )
+    assert Q.check_experiment(store, "exp2") == "exp2"  # a new version of the table: at once
+    store.write_unit(
+        embeddings_table("exp", "net", "fc9"), "u9", rows(5)[0], S.embeddings_schema(4)
+    )
+    with pytest.raises(Q.NotFoundError, match="fc9"):  # layers are remembered for a while
+        Q.check_layer(store, "exp", "net", "fc9")
+    monkeypatch.setattr(Q, "LAYER_NAMES_TTL_S", 0.0)
+    Q.check_layer(store, "exp", "net", "fc9")
+    store.delete_experiment("exp2")
+    with pytest.raises(Q.NotFoundError, match="'exp2' is not in the store"):
+        Q.check_experiment(store, "exp2")
