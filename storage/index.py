@@ -24,8 +24,9 @@ import pyarrow as pa
 from storage import schema as S
 from storage.filters import where
 from storage.queries import check_layer
-from storage.reads import StoreReads
+from storage.reads import ROW_ID, StoreReads
 from storage.tables import StoreError
+from storage.vectors import take_vectors
 
 # Index statistics without the centroids (Lance warns that they will be left out by default).
 os.environ.setdefault("LANCE_INCLUDE_VECTOR_CENTROIDS", "false")
@@ -44,8 +45,9 @@ ROWS_PER_PARTITION = 3_000
 # PQ sub-vectors: dimension / PQ_DIMS_PER_SUBVECTOR (512 -> 128; the dimension must divide).
 PQ_DIMS_PER_SUBVECTOR = 4
 # Search knobs: IVF partitions probed, HNSW candidate list size, and how many times k
-# candidates are re-ranked on the stored vectors (refine_factor), so that quantisation
-# errors neither reorder the answer nor drop true neighbours. At 50,000 x 512 (200
+# candidates are re-ranked on the stored vectors (by _indexed_nearest, as Lance's
+# refine_factor would), so that quantisation errors neither reorder the answer nor
+# drop true neighbours. At 50,000 x 512 (200
 # Gaussian clusters) these gave recall@10 0.997 in 3.4 ms; 4 / 100 / 2 gave 1.000 in
 # 4.6 ms, and without re-ranking recall fell to 0.96 (exact scan: 40 ms).
 SEARCH_NPROBES = 2
@@ -219,26 +221,70 @@ def nearest(
         raise StoreError("the query vector must be finite (and not all zeros for cosine)")
     index = _vector_index(ds)
     use_index, reason = _choose(index, metric, exact)
-    search: dict[str, Any] = {"column": S.EMBEDDING, "q": query, "k": k, "metric": metric}
-    if use_index:
-        search |= {
-            "nprobes": SEARCH_NPROBES,
-            "ef": SEARCH_EF,
-            "refine_factor": SEARCH_REFINE_FACTOR,
-        }
-    else:
-        search["use_index"] = False
     filter = where(**conditions)
     if filter is not None and _matches_every_row(ds, filter):
         filter = None  # the same rows, without a prefilter pass over the layer
-    rows = ds.to_table(
-        columns=[*NEIGHBOR_COLUMNS, "_distance"],
-        nearest=search,
+    if use_index:
+        rows = _indexed_nearest(
+            ds, query, k, metric, filter, fully_indexed=not index.unindexed_rows
+        )
+    else:
+        rows = ds.to_table(
+            columns=[*NEIGHBOR_COLUMNS, "_distance"],
+            nearest={
+                "column": S.EMBEDDING,
+                "q": query,
+                "k": k,
+                "metric": metric,
+                "use_index": False,
+            },
+            filter=filter,
+            prefilter=filter is not None,
+        )
+        rows = rows.rename_columns([*NEIGHBOR_COLUMNS, "distance"])
+    return Neighbors(rows, "index" if use_index else "exact", metric, index, reason)
+
+
+def _indexed_nearest(
+    ds: lance.LanceDataset, query: np.ndarray, k: int, metric: str, filter, *, fully_indexed: bool
+) -> pa.Table:
+    """The k nearest rows through the vector index: ``SEARCH_REFINE_FACTOR`` x k candidates
+    from the index (quantised distances), re-ranked on their stored vectors (read by
+    :func:`storage.vectors.take_vectors`), then the k rows' key columns in one take.
+
+    Lance's own re-ranking (``refine_factor``) gave the same rows; doing it here took 3.1
+    against 3.8 ms a query at 50,000 x 512 (the candidates' vectors read in 0.05 ms). A
+    layer whose rows are all indexed is searched with ``fast_search`` (no flat search of
+    unindexed rows beside the index)."""
+    found = ds.to_table(
+        columns=["_distance"],
+        with_row_id=True,
+        nearest={
+            "column": S.EMBEDDING,
+            "q": query,
+            "k": k * SEARCH_REFINE_FACTOR,
+            "metric": metric,
+            "nprobes": SEARCH_NPROBES,
+            "ef": SEARCH_EF,
+        },
         filter=filter,
         prefilter=filter is not None,
+        fast_search=fully_indexed,
     )
-    rows = rows.rename_columns([*NEIGHBOR_COLUMNS, "distance"])
-    return Neighbors(rows, "index" if use_index else "exact", metric, index, reason)
+    ids = found.column(ROW_ID).to_numpy()
+    distances = _distances(take_vectors(ds, ids).astype(np.float64), query, metric)
+    best = np.argsort(distances, kind="stable")[:k]
+    rows = ds._take_rows(pa.array(ids[best]), NEIGHBOR_COLUMNS)
+    return rows.append_column("distance", pa.array(distances[best].astype(np.float32)))
+
+
+def _distances(vectors: np.ndarray, query: np.ndarray, metric: str) -> np.ndarray:
+    """Lance's distances of ``vectors`` (n, d) to ``query``: squared L2, or 1 - cosine."""
+    query = query.astype(np.float64)
+    if metric == "l2":
+        return ((vectors - query) ** 2).sum(axis=1)
+    norms = np.linalg.norm(vectors, axis=1) * np.linalg.norm(query)
+    return 1.0 - (vectors @ query) / np.where(norms > 0, norms, 1.0)
 
 
 def row_vector(

@@ -117,11 +117,32 @@ def test_an_index_answers_its_metric_with_high_recall(layer):
         got = found.rows.column("sample_index").to_pylist()
         recalls.append(len(set(got) & set(truth.tolist())) / 10)
         assert set(found.rows.column("run_id").to_pylist()) == {"r0"}
+        # re-ranked on the stored vectors: exact distances, nearest first
+        distance = found.rows.column("distance").to_numpy()
+        exact = 1 - (values["r0"][got] @ query) / (
+            np.linalg.norm(values["r0"][got], axis=1) * np.linalg.norm(query)
+        )
+        np.testing.assert_allclose(distance, exact, rtol=1e-4, atol=1e-5)
+        assert (np.diff(distance) >= 0).all()
     assert np.mean(recalls) >= 0.9
     l2 = nearest(store, "exp", "net", "fc", values["r0"][0], 5, metric="l2", run_id="r0")
     assert l2.search == "exact" and l2.reason == "the layer's index answers cosine, not l2"
     asked = nearest(store, "exp", "net", "fc", values["r0"][0], 5, exact=True, run_id="r0")
     assert asked.search == "exact" and asked.reason == "an exact scan was asked for"
+
+
+def test_an_l2_index_answers_squared_l2_distances(layer):
+    store, values = layer
+    build_index(store, "exp", "net", "fc", metric="l2", num_partitions=4)
+    query = values["r0"][7] + 0.01
+    found = nearest(store, "exp", "net", "fc", query, 5, metric="l2", run_id="r0")
+    assert found.search == "index"
+    order, distance = brute_force(values["r0"], query, 5, "l2")
+    assert found.rows.column("sample_index").to_pylist()[0] == order[0]
+    got = found.rows.column("sample_index").to_numpy()
+    exact = ((values["r0"][got] - query) ** 2).sum(axis=1)
+    np.testing.assert_allclose(found.rows.column("distance").to_numpy(), exact, rtol=1e-4)
+    build_index(store, "exp", "net", "fc", num_partitions=4)  # back to cosine for the others
 
 
 def test_rows_added_after_the_index_are_still_found(layer, tmp_path):
