@@ -72,11 +72,14 @@ class _Fragment:
 class _File:
     """A read-only file descriptor, closed with the layout that holds it."""
 
+    fd = None
+
     def __init__(self, path: str):
         self.fd = os.open(path, os.O_RDONLY)
 
     def __del__(self):
-        os.close(self.fd)
+        if self.fd is not None:
+            os.close(self.fd)
 
 
 @dataclass
