@@ -390,6 +390,11 @@ def _sample_orders(
                 continue
             ref_side, ref_index, ref_order = reference
             order = np.argsort(index, kind="stable")
+            if (index[order][1:] == index[order][:-1]).any():
+                raise CompareError(
+                    f"{side.key} {layer} holds a sample_index more than once in its "
+                    f"{side.split} rows; rewrite that run (`stratalens run --fresh`)"
+                )
             if not np.array_equal(index[order], ref_index[ref_order]):
                 raise CompareError(
                     f"{side.key} {layer} holds {len(index)} {side.split} samples and "
@@ -410,7 +415,12 @@ def _taken(store: EmbeddingStore, side: Side, layer: str, samples: np.ndarray) -
     )
     index = rows.column("sample_index").to_numpy()
     order = np.argsort(index, kind="stable")
-    at = order[np.searchsorted(index[order], samples)]
+    at = order[np.minimum(np.searchsorted(index[order], samples), len(index) - 1)]
+    if len(index) != len(samples) or not np.array_equal(index[at], samples):
+        raise CompareError(
+            f"{side.key} {layer} changed while the compare read it (its samples differ "
+            "from a moment ago); run the compare again"
+        )
     return _Taken(ds.version, rows.column(ROW_ID).to_numpy()[at])
 
 

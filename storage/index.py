@@ -25,7 +25,7 @@ from storage import schema as S
 from storage.filters import where
 from storage.queries import check_layer
 from storage.reads import ROW_ID, StoreReads
-from storage.tables import StoreError
+from storage.tables import StoreError, version_key
 from storage.vectors import take_vectors
 
 # Index statistics without the centroids (Lance warns that they will be left out by default).
@@ -55,10 +55,10 @@ SEARCH_EF = 40
 SEARCH_REFINE_FACTOR = 2
 MAX_K = 1_000
 INDEX_INFO_ENTRIES = 256  # (table, version) pairs whose vector index is remembered
-_INDEX_INFO: OrderedDict[tuple[str, int], VectorIndex | None] = OrderedDict()
+_INDEX_INFO: OrderedDict[tuple, VectorIndex | None] = OrderedDict()
 _INDEX_INFO_LOCK = threading.Lock()
 # (table, version, filter) -> whether the filter matches every row of that version
-_EVERY_ROW: OrderedDict[tuple[str, int, str], bool] = OrderedDict()
+_EVERY_ROW: OrderedDict[tuple, bool] = OrderedDict()
 NEIGHBOR_COLUMNS = ["run_id", "dataset_id", "seed", "epoch", "split", "sample_index"] + [
     "subclass",
     "superclass",
@@ -141,7 +141,7 @@ def vector_index(
 def _vector_index(ds: lance.LanceDataset) -> VectorIndex | None:
     """``vector_index`` of an opened dataset, remembered per (table, version): a version's
     indices never change, and reading their statistics took a tenth of a search."""
-    key = (ds.uri, ds.version)
+    key = version_key(ds)
     with _INDEX_INFO_LOCK:
         if key in _INDEX_INFO:
             return _INDEX_INFO[key]
@@ -161,7 +161,7 @@ def _matches_every_row(ds: lance.LanceDataset, filter: str) -> bool:
     is scoped to; the search then needs no prefilter, which took a third of the time
     of an indexed search and of an exact scan of a 50,000 x 512 layer.
     """
-    key = (ds.uri, ds.version, filter)
+    key = (*version_key(ds), filter)
     with _INDEX_INFO_LOCK:
         if key in _EVERY_ROW:
             return _EVERY_ROW[key]

@@ -20,7 +20,7 @@ from storage import schema as S
 from storage.filters import where
 from storage.reads import ROW_ID, StoreReads
 from storage.sample_rows import sample_row_ids
-from storage.tables import StoreError
+from storage.tables import StoreError, version_key
 
 # Bytes of rows per streamed batch of a query (embeddings, metrics, pairs, clusterings):
 # a 50,000 x 512 layer crossed loopback HTTP in 52-81 ms with 0.5-2 MiB batches (urllib
@@ -34,7 +34,7 @@ TAKE_BATCH_BYTES = 4 << 20
 # and stored_layers).
 NAME_CACHE_ENTRIES = 64
 LAYER_NAMES_TTL_S = 2.0
-_EXPERIMENT_NAMES: dict[tuple[str, int], list[str]] = {}
+_EXPERIMENT_NAMES: dict[tuple, list[str]] = {}
 _LAYER_NAMES: dict[tuple[str, str], tuple[float, dict[str, list[str]]]] = {}
 _NAMES_LOCK = threading.Lock()
 # Estimated bytes of the key columns of one row, added to its vector when sizing batches.
@@ -85,7 +85,7 @@ def experiment_names(store: StoreReads) -> list[str]:
     ds = store.dataset(S.EXPERIMENTS)
     if ds is None:
         return []
-    key = (ds.uri, ds.version)
+    key = version_key(ds)
     names = _EXPERIMENT_NAMES.get(key)
     if names is None:
         names = sorted(ds.to_table(columns=["experiment_id"]).column(0).to_pylist())
@@ -327,11 +327,10 @@ def _in_table_order(ds: lance.LanceDataset, ids: np.ndarray) -> np.ndarray:
     fragment's place in the manifest (the order a scan reads them in, along which the
     ids need not ascend), then by offset."""
     fragments = np.array([f.fragment_id for f in ds.get_fragments()], dtype=np.uint64)
-    by_id = np.argsort(fragments)
-    place = np.empty(len(fragments), dtype=np.uint64)
-    place[by_id] = np.arange(len(fragments), dtype=np.uint64)
+    by_id = np.argsort(fragments)  # manifest places, by fragment id
     ids = ids.astype(np.uint64, copy=False)
-    fragment_place = place[by_id][np.searchsorted(fragments[by_id], ids >> np.uint64(32))]
+    fragment_place = by_id[np.searchsorted(fragments[by_id], ids >> np.uint64(32))]
+    fragment_place = fragment_place.astype(np.uint64)
     keys = (fragment_place << np.uint64(32)) | (ids & np.uint64(0xFFFFFFFF))
     return ids[np.argsort(keys, kind="stable")]
 

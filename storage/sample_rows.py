@@ -20,9 +20,12 @@ import lance
 import numpy as np
 
 from storage.reads import ROW_ID
+from storage.tables import version_key
 
 SAMPLE_MAP_BYTES = 256 << 20  # all remembered maps together
-_MAPS: OrderedDict[tuple[str, int, str | None], _SampleMap] = OrderedDict()
+_MAPS: OrderedDict[tuple, _SampleMap] = OrderedDict()
+TOO_LARGE_ENTRIES = 256  # (table, version, filter)s remembered as too large for a map
+_TOO_LARGE: OrderedDict[tuple, None] = OrderedDict()
 _LOCK = threading.Lock()
 
 
@@ -57,12 +60,18 @@ def sample_row_ids(
 
 
 def _sample_map(ds: lance.LanceDataset, filter: str | None) -> _SampleMap | None:
-    key = (ds.uri, ds.version, filter)
+    key = (*version_key(ds), filter)
     with _LOCK:
         if key in _MAPS:
             _MAPS.move_to_end(key)
             return _MAPS[key]
+        if key in _TOO_LARGE:
+            return None
     if ds.count_rows(filter=filter) * 16 > SAMPLE_MAP_BYTES:
+        with _LOCK:
+            _TOO_LARGE[key] = None
+            while len(_TOO_LARGE) > TOO_LARGE_ENTRIES:
+                _TOO_LARGE.popitem(last=False)
         return None
     rows = ds.to_table(columns=["sample_index"], filter=filter, with_row_id=True)
     samples = rows.column("sample_index").to_numpy().astype(np.int64, copy=False)

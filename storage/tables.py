@@ -149,3 +149,12 @@ def _s3_options(options: dict[str, str]) -> dict[str, str]:
         "endpoint_override": pick("aws_endpoint", "aws_endpoint_url"),
     }
     return {key: value for key, value in kwargs.items() if value}
+
+
+def version_key(ds: lance.LanceDataset) -> tuple:
+    """What identifies the contents of one version of a table, for caches keyed on it:
+    its path, its version number and its first data file (named at random when
+    written), since a table deleted and written again starts over at version 1."""
+    fragments = ds.get_fragments()
+    first = fragments[0].data_files()[0].path if fragments else None
+    return (ds.uri, ds.version, first)

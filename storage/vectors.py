@@ -29,8 +29,9 @@ import pyarrow as pa
 from lance.file import LanceFileReader
 
 from storage import schema as S
+from storage.tables import version_key
 
-LAYOUT_ENTRIES = 64  # (table, version) layouts remembered (each holds its files open)
+LAYOUT_ENTRIES = 64  # (table, version) layouts remembered
 _LAYOUTS: OrderedDict[tuple[str, int, str], _Layout | None] = OrderedDict()
 _LOCK = threading.Lock()
 
@@ -62,24 +63,12 @@ _FLAT_PAGES = (
 @dataclass
 class _Fragment:
     """One data file's pages of the column: the first row of each page, where its values
-    start in the file, and the open file."""
+    start in the file, and the file (opened for each take: a layout kept open across
+    versions would hold many files, deleted ones too)."""
 
     page_rows: np.ndarray  # (pages + 1,) first row of each page, then the row count
     page_offsets: np.ndarray  # (pages,)
-    file: _File
-
-
-class _File:
-    """A read-only file descriptor, closed with the layout that holds it."""
-
-    fd = None
-
-    def __init__(self, path: str):
-        self.fd = os.open(path, os.O_RDONLY)
-
-    def __del__(self):
-        if self.fd is not None:
-            os.close(self.fd)
+    path: str
 
 
 @dataclass
@@ -115,11 +104,14 @@ def take_vectors(ds: lance.LanceDataset, row_ids: np.ndarray, column: str = S.EM
             )
         page = np.searchsorted(fragment.page_rows, rows, side="right") - 1
         starts = fragment.page_offsets[page] + (rows - fragment.page_rows[page]) * row_bytes
-        fd = fragment.file.fd
-        for position, start in zip(at.tolist(), starts.tolist(), strict=True):
-            row = flat[position * row_bytes : (position + 1) * row_bytes]
-            if os.preadv(fd, [row], start) != row_bytes:
-                raise OSError(f"short read of a vector in {ds.uri}")
+        fd = os.open(fragment.path, os.O_RDONLY)
+        try:
+            for position, start in zip(at.tolist(), starts.tolist(), strict=True):
+                row = flat[position * row_bytes : (position + 1) * row_bytes]
+                if os.preadv(fd, [row], start) != row_bytes:
+                    raise OSError(f"short read of a vector in {fragment.path}")
+        finally:
+            os.close(fd)
     return out
 
 
@@ -131,7 +123,7 @@ def _lance_take(ds: lance.LanceDataset, row_ids: np.ndarray, column: str) -> np.
 
 
 def _layout(ds: lance.LanceDataset, column: str) -> _Layout | None:
-    key = (ds.uri, ds.version, column)
+    key = (*version_key(ds), column)
     with _LOCK:
         if key in _LAYOUTS:
             _LAYOUTS.move_to_end(key)
@@ -192,7 +184,7 @@ def _read_layout(ds: lance.LanceDataset, column: str) -> _Layout | None:
             fragments[fragment.fragment_id] = _Fragment(
                 np.array(page_rows, dtype=np.int64),
                 np.array(page_offsets, dtype=np.int64),
-                _File(path),
+                path,
             )
     except (OSError, ValueError, IndexError, AttributeError):
         return None  # a layout this reader does not know: Lance reads it

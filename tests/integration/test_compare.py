@@ -185,9 +185,12 @@ def test_sides_over_different_samples_are_refused(store):
 
     write("r0", np.arange(5))
     write("r1", np.arange(1, 6))
-    sides = [Side("e", "small_cnn", "d", 0, 1, run, "test") for run in ("r0", "r1")]
+    write("r2", np.array([0, 1, 1, 3, 4]))
+    sides = [Side("e", "small_cnn", "d", 0, 1, run, "test") for run in ("r0", "r1", "r2")]
     with pytest.raises(CompareError, match="not the same sample_index set"):
-        _sample_orders(store, sides, {side: ["fc2"] for side in sides})
+        _sample_orders(store, sides[:2], {side: ["fc2"] for side in sides[:2]})
+    with pytest.raises(CompareError, match="holds a sample_index more than once"):
+        _sample_orders(store, sides[::2], {side: ["fc2"] for side in sides[::2]})
 
 
 def test_score_stage_computes_cka_and_mknn_between_seeds_and_resumes(two):

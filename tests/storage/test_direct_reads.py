@@ -124,3 +124,35 @@ def test_a_new_version_gets_a_new_map(store):
     store.write_unit(TABLE, "u9", rows(5, run="r9", start=55)[0])
     ds = lance.dataset(store.uri(TABLE))
     assert len(sample_row_ids(ds, np.array([55]), where(run_id="r9"))) == 1
+
+
+def test_a_table_deleted_and_written_again_is_read_anew(store):
+    """Written the same way, it reaches the same version number: the caches keyed on a
+    version must not answer from the deleted table."""
+    answers = []
+    for seed in (0, 7):
+        table, values = rows(30, seed=seed)
+        store.write_unit(TABLE, "unit", table, S.embeddings_schema(4))
+        ds = lance.dataset(store.uri(TABLE))
+        ids = ds.to_table(columns=[], with_row_id=True).column(ROW_ID).to_numpy()
+        found = sample_row_ids(ds, np.array([0, 1, 2]), where(run_id="r0"))
+        answers.append((ds.version, take_vectors(ds, ids[:3]), values[:3], found, ids[:3]))
+        store.delete_experiment("exp")
+    (v0, got0, want0, _, _), (v1, got1, want1, found1, ids1) = answers
+    assert v0 == v1 and not np.array_equal(want0, want1)  # the case that mattered
+    assert np.array_equal(got0, want0) and np.array_equal(got1, want1)
+    assert sorted(found1.tolist()) == sorted(ids1.tolist())
+
+
+def test_row_ids_follow_the_manifest_order_of_their_fragments():
+    class Fragment:
+        def __init__(self, fragment_id):
+            self.fragment_id = fragment_id
+
+    class Dataset:  # only what _in_table_order reads: fragments in manifest order
+        def get_fragments(self):
+            return [Fragment(12), Fragment(10), Fragment(11)]
+
+    ids = np.array([(10 << 32) + 1, (12 << 32) + 5, (11 << 32), (10 << 32), (12 << 32)])
+    expected = [(12 << 32), (12 << 32) + 5, (10 << 32), (10 << 32) + 1, (11 << 32)]
+    assert Q._in_table_order(Dataset(), ids).tolist() == expected
