@@ -37,6 +37,7 @@ from storage import schema as S
 from storage.filters import where
 from storage.memory import return_large_buffers_to_the_os
 from storage.reads import ROW_ID
+from storage.vectors import take_vectors
 
 CLUSTERING_METRICS = ("ari", "ami", "nmi")
 EMBEDDING_METRICS = ("cka", "cka_debiased", "mknn")
@@ -379,11 +380,17 @@ def _sample_orders(
 ) -> dict[tuple[Side, str], _Taken | None]:
     """How to read each (side, layer) in the reference order, the stored row order of
     the first side's first layer: None where its rows are in that order (a scan), else
-    a :class:`_Taken`. Raises if the sample sets differ."""
+    a :class:`_Taken`. Raises if the sample sets differ.
+
+    Each (side, layer)'s sample_index and row ids come from one read of one version."""
     reference, orders = None, {}
     for side in sides:
         for layer in layers[side]:
-            index = side_sample_index(store, side, layer)
+            ds = store.layer_dataset(side.experiment_id, side.arch, layer)
+            rows = store.row_ids(
+                ds, where(run_id=side.run_id, epoch=side.epoch, split=side.split), ["sample_index"]
+            )
+            index = rows.column("sample_index").to_numpy()
             if reference is None:
                 reference = (side, index, np.argsort(index, kind="stable"))
                 orders[(side, layer)] = None
@@ -401,27 +408,12 @@ def _sample_orders(
                     f"{ref_side.key} {len(ref_index)}, not the same sample_index set; "
                     "CKA and mknn need the same samples on both sides"
                 )
-            orders[(side, layer)] = (
-                None if np.array_equal(index, ref_index) else _taken(store, side, layer, ref_index)
-            )
+            if np.array_equal(index, ref_index):
+                orders[(side, layer)] = None
+            else:  # the reference's t-th sample sits at row at[t] of this side
+                at = order[np.searchsorted(index[order], ref_index)]
+                orders[(side, layer)] = _Taken(ds.version, rows.column(ROW_ID).to_numpy()[at])
     return orders
-
-
-def _taken(store: EmbeddingStore, side: Side, layer: str, samples: np.ndarray) -> _Taken:
-    """The row ids of ``samples`` (sample_index values) in the side's rows of ``layer``."""
-    ds = store.layer_dataset(side.experiment_id, side.arch, layer)
-    rows = store.row_ids(
-        ds, where(run_id=side.run_id, epoch=side.epoch, split=side.split), ["sample_index"]
-    )
-    index = rows.column("sample_index").to_numpy()
-    order = np.argsort(index, kind="stable")
-    at = order[np.minimum(np.searchsorted(index[order], samples), len(index) - 1)]
-    if len(index) != len(samples) or not np.array_equal(index[at], samples):
-        raise CompareError(
-            f"{side.key} {layer} changed while the compare read it (its samples differ "
-            "from a moment ago); run the compare again"
-        )
-    return _Taken(ds.version, rows.column(ROW_ID).to_numpy()[at])
 
 
 def _layer_stream(store: EmbeddingStore, side: Side, layer: str) -> Iterator[np.ndarray]:
@@ -451,16 +443,11 @@ def _layer_stream(store: EmbeddingStore, side: Side, layer: str) -> Iterator[np.
 
 
 def _taken_stream(store: EmbeddingStore, side: Side, layer: str, taken: _Taken):
-    """The side's rows of one layer in reference order, ``CKA_BATCH_ROWS`` at a time, each
-    block's rows taken by row id (ascending) from the version the ids were read from."""
+    """The side's rows of one layer in reference order, ``CKA_BATCH_ROWS`` at a time,
+    read by row id (:func:`storage.vectors.take_vectors`) from the version the ids are of."""
     ds = store.layer_dataset(side.experiment_id, side.arch, layer, version=taken.version)
-    dim = ds.schema.field(S.EMBEDDING).type.list_size
     for start in range(0, len(taken.row_ids), CKA_BATCH_ROWS):
-        wanted = taken.row_ids[start : start + CKA_BATCH_ROWS]
-        order = np.argsort(wanted)
-        block = np.empty((len(wanted), dim), np.float32)
-        block[order] = embedding_matrix(store.take_rows(ds, wanted[order], [S.EMBEDDING]))
-        yield block
+        yield take_vectors(ds, taken.row_ids[start : start + CKA_BATCH_ROWS])
 
 
 def _aligned_batches(store, sides, layers, orders) -> Iterator[list[list[np.ndarray]]]:
