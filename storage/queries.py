@@ -214,8 +214,7 @@ def layer_rows(
         ids = sample_row_ids(ds, samples, where(**conditions))
         if ids is None:
             filter = where(**conditions, sample_index=samples.tolist())
-            ids = ds.to_table(columns=[], filter=filter, with_row_id=True).column(ROW_ID)
-            ids = ids.to_numpy()
+            ids = store.row_ids(ds, filter).column(ROW_ID).to_numpy()
         return _taken(store, ds, columns, ids, row_bytes, limit, offset)
     return _stream(store, ds, columns, where(**conditions), row_bytes, limit, offset, count)
 
