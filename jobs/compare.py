@@ -36,7 +36,7 @@ from storage import EmbeddingStore, PendingUnit, embedding_matrix
 from storage import schema as S
 from storage.filters import where
 from storage.memory import return_large_buffers_to_the_os
-from storage.reads import ROW_ID
+from storage.schema import ROW_ID
 from storage.vectors import take_vectors
 
 CLUSTERING_METRICS = ("ari", "ami", "nmi")

@@ -23,8 +23,10 @@ import pyarrow as pa
 
 from storage import schema as S
 from storage.filters import where
-from storage.queries import check_layer
-from storage.reads import ROW_ID, StoreReads
+from storage.queries import check_layer, layer_rows
+from storage.reads import StoreReads, embedding_matrix
+from storage.row_keys import key_columns
+from storage.schema import ROW_ID
 from storage.tables import StoreError, version_key
 from storage.vectors import take_vectors
 
@@ -274,7 +276,7 @@ def _indexed_nearest(
     ids = found.column(ROW_ID).to_numpy()
     distances = _distances(take_vectors(ds, ids).astype(np.float64), query, metric)
     best = np.argsort(distances, kind="stable")[:k]
-    rows = ds._take_rows(pa.array(ids[best]), NEIGHBOR_COLUMNS)
+    rows = key_columns(ds, ids[best], NEIGHBOR_COLUMNS)
     return rows.append_column("distance", pa.array(distances[best].astype(np.float32)))
 
 
@@ -288,18 +290,33 @@ def _distances(vectors: np.ndarray, query: np.ndarray, metric: str) -> np.ndarra
 
 
 def row_vector(
-    store: StoreReads, experiment_id: str, arch: str, layer: str, **conditions: Any
+    store: StoreReads,
+    experiment_id: str,
+    arch: str,
+    layer: str,
+    *,
+    sample_index: int,
+    **conditions: Any,
 ) -> np.ndarray:
-    """The embedding (d,) float32 of the one row matching ``conditions``."""
-    rows = store.embeddings(experiment_id, arch, layer, columns=[S.EMBEDDING], **conditions)
-    if rows.num_rows != 1:
-        shown = where(**conditions)
+    """The embedding (d,) float32 of the one row of sample ``sample_index`` matching
+    ``conditions``, found as named rows are (:func:`storage.queries.layer_rows`)."""
+    found = layer_rows(
+        store,
+        experiment_id,
+        arch,
+        layer,
+        columns=[S.EMBEDDING],
+        sample_index=[sample_index],
+        **conditions,
+    )
+    if found.rows != 1:
+        shown = where(**conditions, sample_index=sample_index)
         raise StoreError(
-            f"{rows.num_rows} rows of layer {layer!r} match {shown}; name one sample "
+            f"{found.rows} rows of layer {layer!r} match {shown}; name one sample "
             "(a run, an epoch, a split and a sample_index)"
         )
-    vector = rows.column(0).combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    return vector.astype(np.float32)
+    rows = pa.Table.from_batches(list(found.batches), schema=found.schema)
+    return embedding_matrix(rows)[0]
 
 
 def _choose(index: VectorIndex | None, metric: str, exact: bool) -> tuple[bool, str]:

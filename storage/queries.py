@@ -18,8 +18,9 @@ import pyarrow as pa
 
 from storage import schema as S
 from storage.filters import where
-from storage.reads import ROW_ID, StoreReads
+from storage.reads import StoreReads
 from storage.sample_rows import sample_row_ids
+from storage.schema import ROW_ID
 from storage.tables import StoreError, version_key
 
 # Bytes of rows per streamed batch of a query (embeddings, metrics, pairs, clusterings):
@@ -36,6 +37,7 @@ NAME_CACHE_ENTRIES = 64
 LAYER_NAMES_TTL_S = 2.0
 _EXPERIMENT_NAMES: dict[tuple, list[str]] = {}
 _LAYER_NAMES: dict[tuple[str, str], tuple[float, dict[str, list[str]]]] = {}
+_LAYER_SCOPES: dict[tuple, list[Scope]] = {}
 _NAMES_LOCK = threading.Lock()
 # Estimated bytes of the key columns of one row, added to its vector when sizing batches.
 KEY_COLUMN_BYTES = 64
@@ -165,6 +167,33 @@ def layers(store: StoreReads, experiment_id: str) -> list[LayerInfo]:
                 )
             )
     return found
+
+
+@dataclass(frozen=True, order=True)
+class Scope:
+    """One (run, epoch, split) that a layer holds rows of."""
+
+    run_id: str
+    epoch: int
+    split: str
+
+
+def layer_scopes(ds: lance.LanceDataset) -> list[Scope]:
+    """The distinct (run, epoch, split) among the rows of one version of a layer table,
+    sorted; remembered per version (a neighbour query checked its run, epoch and split
+    with three filtered counts, a third of its time, and read a whole column to find
+    the last epoch). A layer holds a few per run, however many rows."""
+    key = version_key(ds)
+    scopes = _LAYER_SCOPES.get(key)
+    if scopes is None:
+        columns = ["run_id", "epoch", "split"]
+        found: set[Scope] = set()
+        for batch in ds.to_batches(columns=columns):  # a batch at a time: bounded memory
+            distinct = pa.Table.from_batches([batch]).group_by(columns).aggregate([])
+            found.update(Scope(**values) for values in distinct.to_pylist())
+        scopes = sorted(found)
+        _remember(_LAYER_SCOPES, key, scopes)
+    return list(scopes)
 
 
 def check_layer(store: StoreReads, experiment_id: str, arch: str, layer: str) -> None:

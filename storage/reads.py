@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from storage import schema as S
 from storage.filters import where
+from storage.row_keys import key_columns
 from storage.tables import StoreError, StoreTables
 from storage.vectors import take_vectors
 
@@ -27,7 +28,6 @@ SCAN_BATCH_BYTES = 2 << 20
 # default (sized for object stores) read the same layer in 0.11-0.14 s, 8-32 MiB in
 # 0.06-0.09 s; object-store roots keep the default, which keeps more requests in flight.
 LOCAL_SCAN_IO_BUFFER_BYTES = 16 << 20
-ROW_ID = "_rowid"  # Lance's row id column (the row's address: no stable row ids here)
 _TAKES = ThreadPoolExecutor(max_workers=4, thread_name_prefix="stratalens-take")
 
 
@@ -169,17 +169,19 @@ class StoreReads(StoreTables):
         """``columns`` of the rows of ``ds`` with row ids ``ids`` (from :meth:`row_ids` on
         the same version, so no deleted row among them), in the order given.
 
-        The embedding column is read from the memory-mapped files where their layout
-        allows (:func:`storage.vectors.take_vectors`: 1,000 scattered rows of a 50,000 x
-        512 layer in 0.9 ms, where Lance's take needs 8-10 ms); the others by Lance.
+        The embedding column is read from the data files where their layout allows
+        (:func:`storage.vectors.take_vectors`: 1,000 scattered rows of a 50,000 x 512
+        layer in 2 ms, where Lance's take needs 8-10 ms); the others from the version's
+        remembered key columns (:func:`storage.row_keys.key_columns`).
         """
         ids = np.asarray(ids, dtype=np.uint64)
         others = [c for c in columns if c != S.EMBEDDING]
         if S.EMBEDDING not in columns:
-            return ds._take_rows(pa.array(ids), others)
-        # Lance takes the other columns on a thread of its own (the GIL released) while
-        # this one reads the vectors: 1,000 rows in 2.2 ms instead of 1.7 + 2 ms
-        keys = _TAKES.submit(ds._take_rows, pa.array(ids), others) if others else None
+            return key_columns(ds, ids, others)
+        # the other columns on a thread of their own while this one reads the vectors: a
+        # layer too large for a remembered copy of its key columns asks Lance's take for
+        # them, 1.7 ms for 1,000 rows with the GIL released, as long as the vectors need
+        keys = _TAKES.submit(key_columns, ds, ids, others) if others else None
         stored = ds.schema  # built anew on every access
         values = take_vectors(ds, ids).reshape(-1)
         taken = keys.result() if keys is not None else None

@@ -12,21 +12,17 @@ that is asked of Lance every time.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import lance
 import numpy as np
 
-from storage.reads import ROW_ID
+from storage.schema import ROW_ID
 from storage.tables import version_key
+from storage.version_cache import VersionCache
 
 SAMPLE_MAP_BYTES = 256 << 20  # all remembered maps together
-_MAPS: OrderedDict[tuple, _SampleMap] = OrderedDict()
-TOO_LARGE_ENTRIES = 256  # (table, version, filter)s remembered as too large for a map
-_TOO_LARGE: OrderedDict[tuple, None] = OrderedDict()
-_LOCK = threading.Lock()
+MAPS: VersionCache[_SampleMap] = VersionCache(SAMPLE_MAP_BYTES)
 
 
 @dataclass(frozen=True)
@@ -45,7 +41,11 @@ def sample_row_ids(
     """Row ids of the rows of ``ds`` matching ``filter`` whose sample_index is one of
     ``samples`` (every such row: several runs may share a sample), in no set order;
     None when the layer's map would not fit ``SAMPLE_MAP_BYTES``."""
-    found = _sample_map(ds, filter)
+    found = MAPS.get(
+        (*version_key(ds), filter),
+        estimate=lambda: ds.count_rows(filter=filter) * 16,
+        build=lambda: _sample_map(ds, filter),
+    )
     if found is None:
         return None
     wanted = np.unique(np.asarray(samples, dtype=np.int64))
@@ -59,27 +59,8 @@ def sample_row_ids(
     return found.row_ids[firsts + within]
 
 
-def _sample_map(ds: lance.LanceDataset, filter: str | None) -> _SampleMap | None:
-    key = (*version_key(ds), filter)
-    with _LOCK:
-        if key in _MAPS:
-            _MAPS.move_to_end(key)
-            return _MAPS[key]
-        if key in _TOO_LARGE:
-            return None
-    if ds.count_rows(filter=filter) * 16 > SAMPLE_MAP_BYTES:
-        with _LOCK:
-            _TOO_LARGE[key] = None
-            while len(_TOO_LARGE) > TOO_LARGE_ENTRIES:
-                _TOO_LARGE.popitem(last=False)
-        return None
+def _sample_map(ds: lance.LanceDataset, filter: str | None) -> _SampleMap:
     rows = ds.to_table(columns=["sample_index"], filter=filter, with_row_id=True)
     samples = rows.column("sample_index").to_numpy().astype(np.int64, copy=False)
     order = np.argsort(samples, kind="stable")
-    found = _SampleMap(samples[order], rows.column(ROW_ID).to_numpy()[order])
-    with _LOCK:
-        _MAPS[key] = found
-        _MAPS.move_to_end(key)
-        while sum(m.nbytes for m in _MAPS.values()) > SAMPLE_MAP_BYTES:
-            _MAPS.popitem(last=False)
-    return found
+    return _SampleMap(samples[order], rows.column(ROW_ID).to_numpy()[order])

@@ -21,6 +21,7 @@ EMBEDDINGS_PREFIX = "embeddings"
 
 UNIT_KEY = "unit_key"
 EMBEDDING = "embedding"
+ROW_ID = "_rowid"  # Lance's row id column (the row's address: no stable row ids here)
 
 _TS = pa.timestamp("us", tz="UTC")
 

@@ -60,10 +60,11 @@ def neighbors_route(name: Name, query: NeighborQuery, store: StoreDep) -> Respon
     """The ``k`` rows of the layer nearest to the sample or vector (cosine or L2 distance),
     nearest first, with how they were found (``search``: ``index`` or ``exact``)."""
     Q.check_layer(store, name, query.arch, query.layer)
-    run_id = _run(store, name, query)
+    stored = Q.layer_scopes(store.layer_dataset(name, query.arch, query.layer))
+    run_id = _run(store, name, query, stored)
     scope = {"run_id": run_id}
-    scope["epoch"] = _one(store, name, query, "epoch", query.epoch, scope)
-    scope["split"] = _one(store, name, query, "split", query.split, scope)
+    scope["epoch"] = _one(query, "epoch", query.epoch, scope, stored)
+    scope["split"] = _one(query, "split", query.split, scope, stored)
     if query.vector is not None:
         vector = query.vector
     else:
@@ -98,12 +99,10 @@ def neighbors_route(name: Name, query: NeighborQuery, store: StoreDep) -> Respon
     )
 
 
-def _run(store: EmbeddingStore, name: str, query: NeighborQuery) -> str:
+def _run(store: EmbeddingStore, name: str, query: NeighborQuery, stored: list[Q.Scope]) -> str:
     """The one run the query names (by id, or by seed and dataset)."""
-    if query.run is not None:  # one indexed count in the layer itself
-        ds = store.layer_dataset(name, query.arch, query.layer)
-        if ds.count_rows(filter=where(run_id=query.run)) > 0:
-            return query.run
+    if query.run is not None and any(scope.run_id == query.run for scope in stored):
+        return query.run
     runs = Q.distinct(store, S.RUNS, "run_id", experiment_id=name, arch=query.arch)
     if query.run is not None:
         raise Q.NotFoundError(
@@ -129,32 +128,30 @@ def _run(store: EmbeddingStore, name: str, query: NeighborQuery) -> str:
 
 
 def _one(
-    store: EmbeddingStore,
-    name: str,
     query: NeighborQuery,
     column: str,
     asked: int | str | None,
     scope: dict,
+    stored: list[Q.Scope],
 ) -> int | str:
     """The asked value of ``column`` if the run stored it; else the last (epoch) or the
-    only one (split) stored."""
-    if asked is not None:  # one indexed count, no column read
-        ds = store.layer_dataset(name, query.arch, query.layer)
-        if ds.count_rows(filter=where(**scope, **{column: asked})) > 0:
-            return asked
-    stored = sorted(
-        store.embeddings(name, query.arch, query.layer, columns=[column], **scope)
-        .column(0)
-        .unique()
-        .to_pylist()
+    only one (split) stored with ``scope``."""
+    values = sorted(
+        {
+            getattr(row, column)
+            for row in stored
+            if all(getattr(row, key) == value for key, value in scope.items())
+        }
     )
     if asked is not None:
+        if asked in values:
+            return asked
         raise Q.NotFoundError(
             f"{column} {asked!r} is not stored for run {scope['run_id']!r} in layer "
-            f"{query.layer!r}; stored: {stored}"
+            f"{query.layer!r}; stored: {values}"
         )
-    if column == "epoch" and stored:
-        return stored[-1]
-    if len(stored) != 1:
-        raise StoreError(f"the run stores {column}s {stored} in this layer; choose one")
-    return stored[0]
+    if column == "epoch" and values:
+        return values[-1]
+    if len(values) != 1:
+        raise StoreError(f"the run stores {column}s {values} in this layer; choose one")
+    return values[0]

@@ -1,5 +1,6 @@
-"""Embeddings read straight from the Lance files (storage.vectors) and rows found through
-the sample maps (storage.sample_rows) equal what Lance itself answers."""
+"""Embeddings read straight from the Lance files (storage.vectors), rows found through
+the sample maps (storage.sample_rows) and key columns from their remembered copies
+(storage.row_keys) equal what Lance itself answers."""
 
 import lance
 import numpy as np
@@ -8,12 +9,15 @@ import pyarrow.compute as pc
 import pytest
 
 import storage.queries as Q
+import storage.row_keys as RK
 import storage.sample_rows as SR
 from storage import schema as S
 from storage.filters import where
-from storage.reads import ROW_ID
+from storage.row_keys import key_columns
 from storage.sample_rows import sample_row_ids
+from storage.schema import ROW_ID
 from storage.vectors import _layout, take_vectors
+from storage.version_cache import VersionCache
 from tests.factories import embedding_unit as rows
 from tests.storage.test_queries import TABLE, _layer_store
 
@@ -95,7 +99,7 @@ def test_sample_map_finds_the_rows_the_scalar_index_finds(store, conditions):
 
 def test_a_layer_too_large_for_the_maps_is_asked_of_lance(store, monkeypatch):
     _layer_store(store)
-    monkeypatch.setattr(SR, "SAMPLE_MAP_BYTES", 16 * 10)  # ten rows
+    monkeypatch.setattr(SR, "MAPS", VersionCache(16 * 10))  # ten rows
     ds = lance.dataset(store.uri(TABLE))
     assert sample_row_ids(ds, np.array([3]), None) is None
     got = pa.Table.from_batches(
@@ -108,12 +112,11 @@ def test_a_layer_too_large_for_the_maps_is_asked_of_lance(store, monkeypatch):
 def test_maps_are_kept_within_their_budget(store, monkeypatch):
     _layer_store(store)
     ds = lance.dataset(store.uri(TABLE))
-    monkeypatch.setattr(SR, "_MAPS", type(SR._MAPS)())
-    monkeypatch.setattr(SR, "SAMPLE_MAP_BYTES", 16 * 70)  # one map of ~60 rows at a time
+    monkeypatch.setattr(SR, "MAPS", VersionCache(16 * 70))  # one map of ~60 rows at a time
     for split in ("test", "train", None):
         sample_row_ids(ds, np.array([3]), where(split=split))
-        assert sum(m.nbytes for m in SR._MAPS.values()) <= SR.SAMPLE_MAP_BYTES
-    assert len(SR._MAPS) == 1
+        assert SR.MAPS.nbytes <= SR.MAPS.budget
+    assert len(SR.MAPS) == 1
 
 
 def test_a_new_version_gets_a_new_map(store):
@@ -156,3 +159,73 @@ def test_row_ids_follow_the_manifest_order_of_their_fragments():
     ids = np.array([(10 << 32) + 1, (12 << 32) + 5, (11 << 32), (10 << 32), (12 << 32)])
     expected = [(12 << 32), (12 << 32) + 5, (10 << 32), (10 << 32) + 1, (11 << 32)]
     assert Q._in_table_order(Dataset(), ids).tolist() == expected
+
+
+def _lance_keys(ds, ids, columns):
+    return ds._take_rows(pa.array(ids, type=pa.uint64()), columns)
+
+
+KEY_COLUMNS = [name for name in S.embeddings_schema(4).names if name != S.EMBEDDING]
+
+
+def test_key_columns_equal_lance_take_across_fragments_and_deletions(store, monkeypatch):
+    _layer_store(store)  # four fragments of three generations, one unit deleted
+    monkeypatch.setattr(RK, "COPIES", VersionCache(RK.ROW_KEYS_BYTES))
+    ds = lance.dataset(store.uri(TABLE))
+    ids = ds.to_table(columns=[], with_row_id=True).column(ROW_ID).to_numpy()
+    shuffled = np.random.default_rng(0).permutation(ids)[:50]
+    got = key_columns(ds, shuffled, KEY_COLUMNS)
+    assert len(RK.COPIES) == 1  # answered from the remembered copy, not by Lance
+    assert got.equals(_lance_keys(ds, shuffled, KEY_COLUMNS))  # values, order and types
+    some = ["sample_index", "run_id", "superclass"]
+    assert key_columns(ds, ids[:0], some).equals(_lance_keys(ds, ids[:0], some))
+    with pytest.raises(ValueError, match="not rows of this version"):
+        key_columns(ds, np.array([(77 << 32) + 1], dtype=np.uint64), some)
+
+
+def test_a_layer_too_large_for_a_key_copy_is_asked_of_lance(store, monkeypatch):
+    _layer_store(store)
+    ds = lance.dataset(store.uri(TABLE))
+    monkeypatch.setattr(RK, "COPIES", VersionCache(RK.BYTES_PER_ROW * 10))  # ten rows
+    ids = ds.to_table(columns=[], with_row_id=True).column(ROW_ID).to_numpy()[::7]
+    assert key_columns(ds, ids, KEY_COLUMNS).equals(_lance_keys(ds, ids, KEY_COLUMNS))
+    assert len(RK.COPIES) == 0
+
+
+def test_a_new_version_gets_a_new_key_copy(store):
+    _layer_store(store)
+    ds = lance.dataset(store.uri(TABLE))
+    key_columns(ds, ds.to_table(columns=[], with_row_id=True).column(ROW_ID).to_numpy(), ["seed"])
+    store.write_unit(TABLE, "u9", rows(5, run="r9", start=55)[0])
+    ds = lance.dataset(store.uri(TABLE))
+    new = ds.to_table(columns=[], with_row_id=True, filter="run_id = 'r9'").column(ROW_ID)
+    got = key_columns(ds, new.to_numpy(), ["run_id", "sample_index"])
+    assert got.column("run_id").to_pylist() == ["r9"] * 5
+    assert got.column("sample_index").to_pylist() == list(range(55, 60))
+
+
+class _Value:
+    def __init__(self, nbytes):
+        self.nbytes = nbytes
+
+
+def test_version_cache_keeps_the_latest_values_within_its_budget():
+    cache = VersionCache(100)
+    built = []
+
+    def get(key, nbytes):
+        return cache.get(key, lambda: nbytes, lambda: built.append(key) or _Value(nbytes))
+
+    for key in "abc":
+        get(key, 40)
+    assert len(cache) == 2 and cache.nbytes == 80  # "a" dropped for "c"
+    get("b", 40)  # kept: not built again, and now the most recent
+    get("d", 40)  # drops "c", the least recently asked
+    get("b", 40)
+    get("c", 40)
+    assert built == ["a", "b", "c", "d", "c"]
+    estimates = []
+    assert cache.get("big", lambda: estimates.append(1) or 101, lambda: _Value(101)) is None
+    assert cache.get("big", lambda: estimates.append(1) or 101, lambda: _Value(101)) is None
+    assert estimates == [1]  # the answer "too large" is remembered
+    assert cache.nbytes <= cache.budget

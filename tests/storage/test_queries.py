@@ -88,3 +88,15 @@ def test_the_checked_names_follow_the_store(store, monkeypatch):
     store.delete_experiment("exp2")
     with pytest.raises(Q.NotFoundError, match="'exp2' is not in the store"):
         Q.check_experiment(store, "exp2")
+
+
+def test_layer_scopes_are_the_distinct_runs_epochs_and_splits_of_a_version(store):
+    _layer_store(store)  # r0 test, r1 train (deleted), r2 test, r3 train; all epoch 1
+    ds = lance.dataset(store.uri(TABLE))
+    expected = [Q.Scope("r0", 1, "test"), Q.Scope("r2", 1, "test"), Q.Scope("r3", 1, "train")]
+    assert Q.layer_scopes(ds) == expected
+    store.write_unit(TABLE, "u5", rows(3, run="r0", split="train")[0])
+    assert Q.layer_scopes(lance.dataset(store.uri(TABLE))) == sorted(
+        [*expected, Q.Scope("r0", 1, "train")]
+    )
+    assert Q.layer_scopes(ds) == expected  # the older version keeps its answer
