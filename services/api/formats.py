@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import itertools
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import iterate_in_threadpool
 
 from storage import schema as S
 from storage.queries import RowStream
@@ -27,6 +29,8 @@ JSON = "application/json"
 # The end-of-stream marker of the Arrow IPC stream format: continuation, zero length.
 ARROW_EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"
 ROW_COUNT_HEADER = "X-Row-Count"
+# Chunks of a streamed answer made by the route itself (see _prefetched).
+PREFETCH_CHUNKS = 4
 
 
 def arrow_response(stream: RowStream, filename: str) -> StreamingResponse:
@@ -119,12 +123,34 @@ def jsonable(value: Any) -> Any:
 
 
 def _streaming(
-    chunks: Iterable[bytes | memoryview], media_type: str, rows: int | None, filename: str
+    chunks: Iterator[bytes | memoryview], media_type: str, rows: int | None, filename: str
 ) -> StreamingResponse:
     headers = {"Content-Disposition": f'attachment; filename="{filename}"'}
     if rows is not None:
         headers[ROW_COUNT_HEADER] = str(rows)
-    return StreamingResponse(chunks, media_type=media_type, headers=headers)
+    return StreamingResponse(_prefetched(chunks), media_type=media_type, headers=headers)
+
+
+def _prefetched(chunks: Iterator[bytes | memoryview]) -> AsyncIterator[bytes | memoryview]:
+    """The chunks of an answer, the first ``PREFETCH_CHUNKS`` made now.
+
+    Starlette makes each chunk of a plain iterator on a worker thread, one hop per chunk.
+    The routes run on such a thread already, so the first chunks are made there: an
+    answer of a few chunks (a take of named rows: schema, batch, end) goes out without
+    another hop, and a query that fails early (a bad filter Lance refuses) still
+    answers with its error status, before any byte is sent. The rest, if any, follow
+    chunk by chunk as before; at most ``PREFETCH_CHUNKS`` are held at once.
+    """
+    first = list(itertools.islice(chunks, PREFETCH_CHUNKS))
+
+    async def body() -> AsyncIterator[bytes | memoryview]:
+        for chunk in first:
+            yield chunk
+        if len(first) == PREFETCH_CHUNKS:  # more may follow
+            async for chunk in iterate_in_threadpool(chunks):
+                yield chunk
+
+    return body()
 
 
 def arrow_table(data: bytes) -> pa.Table:

@@ -1,6 +1,7 @@
 """The query service's read endpoints, with FastAPI's test client over a store written by
 hand (tests/services/api_store.py): each answer equals a direct read of the same rows."""
 
+import asyncio
 import io
 
 import numpy as np
@@ -12,7 +13,7 @@ from fastapi.testclient import TestClient
 
 import storage.queries
 from services.api import ServiceSettings, create_app
-from services.api.formats import arrow_table
+from services.api.formats import PREFETCH_CHUNKS, _prefetched, arrow_table
 from storage import embedding_matrix
 from storage import schema as S
 from storage.filters import where
@@ -308,3 +309,21 @@ def _csv(table: pa.Table) -> bytes:
     out = io.BytesIO()
     pacsv.write_csv(table, out)
     return out.getvalue()
+
+
+@pytest.mark.parametrize("count", [0, 3, 4, 9])
+def test_answers_make_their_first_chunks_in_the_route_and_the_rest_in_order(count):
+    made = []
+
+    def chunks():
+        for i in range(count):
+            made.append(i)
+            yield b"%d" % i
+
+    body = _prefetched(chunks())
+    assert made == list(range(min(count, PREFETCH_CHUNKS)))  # made before any is sent
+
+    async def sent():
+        return [chunk async for chunk in body]
+
+    assert asyncio.run(sent()) == [b"%d" % i for i in range(count)]
