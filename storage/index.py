@@ -252,7 +252,8 @@ def _indexed_nearest(
 ) -> pa.Table:
     """The k nearest rows through the vector index: ``SEARCH_REFINE_FACTOR`` x k candidates
     from the index (quantised distances), re-ranked on their stored vectors (read by
-    :func:`storage.vectors.take_vectors`), then the k rows' key columns in one take.
+    :func:`storage.vectors.take_vectors`), then the k rows' key columns
+    (:func:`storage.row_keys.key_columns`: 0.2 ms, where Lance's take needed 1.7 ms).
 
     Lance's own re-ranking (``refine_factor``) gave the same rows; doing it here took 3.1
     against 3.8 ms a query at 50,000 x 512 (the candidates' vectors read in 0.05 ms). A

@@ -28,8 +28,9 @@ from storage.tables import StoreError, version_key
 # client; curl 57-63 ms), 180 ms with 4 MiB and 251 ms with 64 MiB (uvicorn copies each
 # chunk it frames; small chunks stay in cache and fit the socket buffer).
 QUERY_BATCH_BYTES = 1 << 20
-# Bytes of rows per take of named rows: each take also asks Lance for the key columns
-# (1.2 ms however few the rows), so 1,000 rows of 512 dims go in one take, not three.
+# Bytes of rows per take of named rows: 1,000 rows of 512 dims go in one take (a layer
+# too large for a remembered copy of its key columns asks Lance for them once per take,
+# 1.2 ms however few the rows).
 TAKE_BATCH_BYTES = 4 << 20
 # The catalog a request's names are checked against, remembered (see experiment_names
 # and stored_layers).
@@ -330,10 +331,11 @@ def _taken(
     ``offset`` in table order (:meth:`EmbeddingStore.take_rows`), ``TAKE_BATCH_BYTES``
     at a time. The count is free.
 
-    1,000 random rows of a 50,000 x 512 layer: 0.1 ms for the ids from the sample map
-    (3 ms through Lance's scalar index), 1.7 ms for Lance's take of the key columns and
-    2 ms for the embeddings read from the files, where Lance's take of every column
-    needed 8-10 ms and a filtered scan 12-16 ms (2 cores).
+    1,000 random rows of a 50,000 x 512 layer: 0.15 ms for the ids from the sample map
+    (3 ms through Lance's scalar index), 0.25 ms for the key columns from their
+    remembered copy (1.7 ms by Lance's take) and 1.3-2 ms for the embeddings read from
+    the files, where Lance's take of every column needed 8-10 ms and a filtered scan
+    12-16 ms (2 cores).
     """
     schema = _check_columns(ds, columns)
     ids = _in_table_order(ds, ids)

@@ -27,6 +27,7 @@ from storage.version_cache import VersionCache
 ROW_KEYS_BYTES = 256 << 20  # all remembered copies together
 BYTES_PER_ROW = 64  # the row id, dictionary codes of the strings, the integers
 COPIES: VersionCache[_RowKeys] = VersionCache(ROW_KEYS_BYTES)
+COPY_BATCH_ROWS = 65_536  # rows scanned at a time while a copy is built
 
 
 @dataclass(frozen=True)
@@ -74,14 +75,28 @@ def key_columns(ds: lance.LanceDataset, row_ids: np.ndarray, columns: list[str])
 
 
 def _copy(ds: lance.LanceDataset) -> _RowKeys:
-    names = [field.name for field in ds.schema if field.name != S.EMBEDDING]
-    rows = ds.to_table(columns=names, with_row_id=True)
-    ids = rows.column(ROW_ID).to_numpy()
-    order = pa.array(np.argsort(ids, kind="stable"))
+    """The key columns of every row, scanned a batch at a time (the strings coded per
+    batch, so that no batch of them is held as text), then sorted by row id."""
+    fields = [field for field in ds.schema if field.name != S.EMBEDDING]
+    ids: list[np.ndarray] = []
+    chunks: dict[str, list[pa.Array]] = {field.name: [] for field in fields}
+    names = list(chunks)
+    for batch in ds.to_batches(columns=names, with_row_id=True, batch_size=COPY_BATCH_ROWS):
+        ids.append(batch.column(ROW_ID).to_numpy())
+        for field in fields:
+            values = batch.column(field.name)
+            chunks[field.name].append(values.dictionary_encode() if _coded(field) else values)
+    row_ids = np.concatenate(ids) if ids else np.empty(0, dtype=np.uint64)
+    order = pa.array(np.argsort(row_ids, kind="stable"))
     columns = {}
-    for name in names:
-        values = rows.column(name).combine_chunks().take(order)
-        if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
-            values = values.dictionary_encode()
-        columns[name] = values
-    return _RowKeys(np.sort(ids), columns)
+    for field in fields:
+        kind = pa.dictionary(pa.int32(), field.type) if _coded(field) else field.type
+        values = pa.chunked_array(chunks.pop(field.name), type=kind)
+        if _coded(field):
+            values = values.unify_dictionaries()
+        columns[field.name] = values.combine_chunks().take(order)
+    return _RowKeys(row_ids[order.to_numpy()], columns)
+
+
+def _coded(field: pa.Field) -> bool:
+    return pa.types.is_string(field.type) or pa.types.is_large_string(field.type)

@@ -168,9 +168,13 @@ def _lance_keys(ds, ids, columns):
 KEY_COLUMNS = [name for name in S.embeddings_schema(4).names if name != S.EMBEDDING]
 
 
-def test_key_columns_equal_lance_take_across_fragments_and_deletions(store, monkeypatch):
+@pytest.mark.parametrize("batch_rows", [RK.COPY_BATCH_ROWS, 7])  # one scan batch; many
+def test_key_columns_equal_lance_take_across_fragments_and_deletions(
+    store, monkeypatch, batch_rows
+):
     _layer_store(store)  # four fragments of three generations, one unit deleted
     monkeypatch.setattr(RK, "COPIES", VersionCache(RK.ROW_KEYS_BYTES))
+    monkeypatch.setattr(RK, "COPY_BATCH_ROWS", batch_rows)
     ds = lance.dataset(store.uri(TABLE))
     ids = ds.to_table(columns=[], with_row_id=True).column(ROW_ID).to_numpy()
     shuffled = np.random.default_rng(0).permutation(ids)[:50]
