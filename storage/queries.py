@@ -37,7 +37,7 @@ TAKE_BATCH_BYTES = 4 << 20
 NAME_CACHE_ENTRIES = 64
 LAYER_NAMES_TTL_S = 2.0
 _EXPERIMENT_NAMES: dict[tuple, list[str]] = {}
-_LAYER_NAMES: dict[tuple[str, str], tuple[float, dict[str, list[str]]]] = {}
+_LAYER_NAMES: dict[tuple, tuple[float, dict[str, list[str]]]] = {}
 _LAYER_SCOPES: dict[tuple, list[Scope]] = {}
 _NAMES_LOCK = threading.Lock()
 # Estimated bytes of the key columns of one row, added to its vector when sizing batches.
@@ -85,22 +85,31 @@ class RowStream:
 def experiment_names(store: StoreReads) -> list[str]:
     """The experiment ids the store holds, sorted (remembered per version of the
     ``experiments`` table: reading them took 0.7 ms of every request)."""
+    return list(_experiments(store)[1])
+
+
+def _experiments(store: StoreReads) -> tuple[tuple | None, list[str]]:
+    """The ``experiments`` table's version key (None: no table yet) and its experiment ids."""
     ds = store.dataset(S.EXPERIMENTS)
     if ds is None:
-        return []
+        return None, []
     key = version_key(ds)
     names = _EXPERIMENT_NAMES.get(key)
     if names is None:
         names = sorted(ds.to_table(columns=["experiment_id"]).column(0).to_pylist())
         _remember(_EXPERIMENT_NAMES, key, names)
-    return list(names)
+    return key, names
 
 
 def stored_layers(store: StoreReads, experiment_id: str) -> dict[str, list[str]]:
     """{arch: [layer, ...]} of one checked experiment, as :meth:`EmbeddingStore.layer_names`
     lists them, remembered for ``LAYER_NAMES_TTL_S`` (a listing took ~0.6 ms of every
-    request): a layer written since may answer 404 for that long."""
-    key = (store.root, check_experiment(store, experiment_id))
+    request) and while the ``experiments`` table keeps its version: a layer written
+    since may answer 404 for that long, an experiment deleted or written again is
+    listed anew at once."""
+    version, names = _experiments(store)
+    _check_named(experiment_id, names)
+    key = (store.root, experiment_id, version)
     now = time.monotonic()
     found = _LAYER_NAMES.get(key)
     if found is None or now - found[0] > LAYER_NAMES_TTL_S:
@@ -118,12 +127,15 @@ def _remember(cache: dict, key, value) -> None:
 
 def check_experiment(store: StoreReads, name: str) -> str:
     """``name`` if the store holds that experiment; else a NotFoundError naming those it holds."""
-    known = experiment_names(store)
+    _check_named(name, experiment_names(store))
+    return name
+
+
+def _check_named(name: str, known: list[str]) -> None:
     if name not in known:
         raise NotFoundError(
             f"experiment {name!r} is not in the store; it holds {known or 'no experiments'}"
         )
-    return name
 
 
 def experiments(store: StoreReads) -> list[dict[str, Any]]:

@@ -78,6 +78,7 @@ def test_the_checked_names_follow_the_store(store, monkeypatch):
         S.EXPERIMENTS, "exp2", pa.Table.from_pylist([other], schema=S.EXPERIMENTS_SCHEMA.remove(0))
     )
     assert Q.check_experiment(store, "exp2") == "exp2"  # a new version of the table: at once
+    Q.check_layer(store, "exp", "net", "fc")  # listed anew with it, and remembered
     store.write_unit(
         embeddings_table("exp", "net", "fc9"), "u9", rows(5)[0], S.embeddings_schema(4)
     )
@@ -88,6 +89,22 @@ def test_the_checked_names_follow_the_store(store, monkeypatch):
     store.delete_experiment("exp2")
     with pytest.raises(Q.NotFoundError, match="'exp2' is not in the store"):
         Q.check_experiment(store, "exp2")
+
+
+def test_an_experiment_written_again_is_listed_anew_at_once(store):
+    _layer_store(store)
+    Q.check_layer(store, "exp", "net", "fc")  # its layers remembered
+    store.delete_experiment("exp")
+    store.write_unit(
+        S.EXPERIMENTS,
+        "exp",
+        pa.Table.from_pylist([EXPERIMENT], schema=S.EXPERIMENTS_SCHEMA.remove(0)),
+    )
+    store.write_unit(
+        embeddings_table("exp", "net", "fc2"), "u1", rows(5)[0], S.embeddings_schema(4)
+    )
+    with pytest.raises(Q.NotFoundError, match=r"stored layers are \['fc2'\]"):
+        Q.check_layer(store, "exp", "net", "fc")  # within LAYER_NAMES_TTL_S
 
 
 def test_layer_scopes_are_the_distinct_runs_epochs_and_splits_of_a_version(store):
