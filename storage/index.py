@@ -311,7 +311,7 @@ def row_vector(
         **conditions,
     )
     if found.rows != 1:
-        shown = where(**conditions, sample_index=sample_index)
+        shown = where(sample_index=sample_index, **conditions)
         raise StoreError(
             f"{found.rows} rows of layer {layer!r} match {shown}; name one sample "
             "(a run, an epoch, a split and a sample_index)"

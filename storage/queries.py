@@ -195,7 +195,8 @@ def layer_scopes(ds: lance.LanceDataset) -> list[Scope]:
     """The distinct (run, epoch, split) among the rows of one version of a layer table,
     sorted; remembered per version (a neighbour query checked its run, epoch and split
     with three filtered counts, a third of its time, and read a whole column to find
-    the last epoch). A layer holds a few per run, however many rows."""
+    the last epoch). A layer holds a few per run, however many rows. Rows with a null
+    among the three are left out: no query can name them."""
     key = version_key(ds)
     scopes = _LAYER_SCOPES.get(key)
     if scopes is None:
@@ -203,7 +204,11 @@ def layer_scopes(ds: lance.LanceDataset) -> list[Scope]:
         found: set[Scope] = set()
         for batch in ds.to_batches(columns=columns):  # a batch at a time: bounded memory
             distinct = pa.Table.from_batches([batch]).group_by(columns).aggregate([])
-            found.update(Scope(**values) for values in distinct.to_pylist())
+            found.update(
+                Scope(**values)
+                for values in distinct.to_pylist()
+                if None not in values.values()  # no query can name a null
+            )
         scopes = sorted(found)
         _remember(_LAYER_SCOPES, key, scopes)
     return list(scopes)

@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from storage import schema as S
 from storage.filters import where
-from storage.row_keys import key_columns
+from storage.row_keys import key_columns, key_columns_future
 from storage.tables import StoreError, StoreTables
 from storage.vectors import take_vectors
 
@@ -178,10 +178,10 @@ class StoreReads(StoreTables):
         others = [c for c in columns if c != S.EMBEDDING]
         if S.EMBEDDING not in columns:
             return key_columns(ds, ids, others)
-        # the other columns on a thread of their own while this one reads the vectors: a
-        # layer too large for a remembered copy of its key columns asks Lance's take for
-        # them, 1.7 ms for 1,000 rows with the GIL released, as long as the vectors need
-        keys = _TAKES.submit(key_columns, ds, ids, others) if others else None
+        # a layer too large for a remembered copy of its key columns asks Lance's take for
+        # them on another thread while this one reads the vectors: 1.7 ms for 1,000 rows
+        # with the GIL released, as long as the vectors need
+        keys = key_columns_future(ds, ids, others, _TAKES) if others else None
         stored = ds.schema  # built anew on every access
         values = take_vectors(ds, ids).reshape(-1)
         taken = keys.result() if keys is not None else None

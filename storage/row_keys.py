@@ -13,6 +13,7 @@ all; a larger layer is asked of Lance every time.
 
 from __future__ import annotations
 
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 
 import lance
@@ -47,14 +48,35 @@ def key_columns(ds: lance.LanceDataset, row_ids: np.ndarray, columns: list[str])
     From the version's remembered copy when it fits ``ROW_KEYS_BYTES``, else Lance's take.
     A row id that is not a row of this version raises ValueError.
     """
+    return key_columns_future(ds, row_ids, columns, pool=None).result()
+
+
+def key_columns_future(
+    ds: lance.LanceDataset, row_ids: np.ndarray, columns: list[str], pool: Executor | None
+) -> Future[pa.Table]:
+    """:func:`key_columns` as a future, for a caller with other reads to make meanwhile:
+    answered at once from the remembered copy (built first, in this thread, if need
+    be), or by Lance's take on ``pool`` (its GIL-free 1.7 ms overlap the caller's work;
+    in this thread when ``pool`` is None)."""
     row_ids = np.asarray(row_ids, dtype=np.uint64)
     copy = COPIES.get(
         version_key(ds),
         estimate=lambda: ds.count_rows() * BYTES_PER_ROW,
         build=lambda: _copy(ds),
     )
+    if copy is None and pool is not None:
+        return pool.submit(ds._take_rows, pa.array(row_ids), columns)
+    answer: Future[pa.Table] = Future()
     if copy is None:
-        return ds._take_rows(pa.array(row_ids), columns)
+        answer.set_result(ds._take_rows(pa.array(row_ids), columns))
+    else:
+        answer.set_result(_taken(ds, copy, row_ids, columns))
+    return answer
+
+
+def _taken(
+    ds: lance.LanceDataset, copy: _RowKeys, row_ids: np.ndarray, columns: list[str]
+) -> pa.Table:
     at = np.searchsorted(copy.row_ids, row_ids)
     found = at < len(copy.row_ids)
     found[found] = copy.row_ids[at[found]] == row_ids[found]

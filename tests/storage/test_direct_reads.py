@@ -2,6 +2,10 @@
 the sample maps (storage.sample_rows) and key columns from their remembered copies
 (storage.row_keys) equal what Lance itself answers."""
 
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import lance
 import numpy as np
 import pyarrow as pa
@@ -233,3 +237,43 @@ def test_version_cache_keeps_the_latest_values_within_its_budget():
     assert cache.get("big", lambda: estimates.append(1) or 101, lambda: _Value(101)) is None
     assert estimates == [1]  # the answer "too large" is remembered
     assert cache.nbytes <= cache.budget
+
+
+def test_a_value_larger_than_its_estimate_is_not_kept_nor_built_again():
+    cache = VersionCache(100)
+    built = []
+
+    def get(key, estimate, nbytes):
+        return cache.get(key, lambda: estimate, lambda: built.append(key) or _Value(nbytes))
+
+    get("a", 40, 40)
+    assert get("b", 60, 150).nbytes == 150  # answered this once
+    assert get("b", 60, 150) is None  # then known as too large
+    get("a", 40, 40)
+    assert built == ["a", "b"] and len(cache) == 1  # "a" kept throughout
+
+
+def test_threads_asking_for_one_missing_value_build_it_once():
+    cache = VersionCache(100)
+    started, release, builds = threading.Event(), threading.Event(), []
+
+    def build():
+        builds.append(1)
+        started.set()
+        release.wait(10)
+        return _Value(10)
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = [pool.submit(cache.get, "k", lambda: 10, build) for _ in range(8)]
+        started.wait(10)
+        time.sleep(0.05)  # the other seven reach the cache meanwhile
+        release.set()
+        values = [answer.result(10) for answer in answers]
+    assert len(builds) == 1 and all(value is values[0] for value in values)
+
+    def fails():
+        raise OSError("disk gone")
+
+    with pytest.raises(OSError, match="disk gone"):
+        cache.get("bad", lambda: 10, fails)
+    assert cache.get("bad", lambda: 10, lambda: _Value(10)).nbytes == 10  # not remembered

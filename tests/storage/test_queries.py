@@ -117,3 +117,13 @@ def test_layer_scopes_are_the_distinct_runs_epochs_and_splits_of_a_version(store
         [*expected, Q.Scope("r0", 1, "train")]
     )
     assert Q.layer_scopes(ds) == expected  # the older version keeps its answer
+
+
+def test_layer_scopes_leave_out_rows_with_a_null_key(store):
+    _layer_store(store)
+    unit, _ = rows(2, run="r0")
+    unit = unit.set_column(unit.schema.get_field_index("epoch"), "epoch", pa.nulls(2, pa.int32()))
+    store.write_unit(TABLE, "u6", unit)
+    scopes = Q.layer_scopes(lance.dataset(store.uri(TABLE)))
+    assert [s.run_id for s in scopes] == ["r0", "r2", "r3"]  # r0 once: its null rows left out
+    assert None not in {s.epoch for s in scopes}
