@@ -98,7 +98,7 @@ def _taken(
 
 def _copy(ds: lance.LanceDataset) -> _RowKeys:
     """The key columns of every row, scanned a batch at a time (the strings coded per
-    batch, so that no batch of them is held as text), then sorted by row id."""
+    batch, so that at most one batch of them is held as text), then sorted by row id."""
     fields = [field for field in ds.schema if field.name != S.EMBEDDING]
     ids: list[np.ndarray] = []
     chunks: dict[str, list[pa.Array]] = {field.name: [] for field in fields}
