@@ -12,8 +12,6 @@ the layer matches them).
 from __future__ import annotations
 
 import os
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +27,7 @@ from storage.row_keys import key_columns
 from storage.schema import ROW_ID
 from storage.tables import StoreError, version_key
 from storage.vectors import take_vectors
+from storage.version_cache import VersionCache, one_entry
 
 # Index statistics without the centroids (Lance warns that they will be left out by default).
 os.environ.setdefault("LANCE_INCLUDE_VECTOR_CENTROIDS", "false")
@@ -57,10 +56,9 @@ SEARCH_EF = 40
 SEARCH_REFINE_FACTOR = 2
 MAX_K = 1_000
 INDEX_INFO_ENTRIES = 256  # (table, version) pairs whose vector index is remembered
-_INDEX_INFO: OrderedDict[tuple, VectorIndex | None] = OrderedDict()
-_INDEX_INFO_LOCK = threading.Lock()
+_INDEX_INFO: VersionCache[VectorIndex | None] = VersionCache(INDEX_INFO_ENTRIES, one_entry)
 # (table, version, filter) -> whether the filter matches every row of that version
-_EVERY_ROW: OrderedDict[tuple, bool] = OrderedDict()
+_EVERY_ROW: VersionCache[bool] = VersionCache(INDEX_INFO_ENTRIES, one_entry)
 NEIGHBOR_COLUMNS = ["run_id", "dataset_id", "seed", "epoch", "split", "sample_index"] + [
     "subclass",
     "superclass",
@@ -143,16 +141,7 @@ def vector_index(
 def _vector_index(ds: lance.LanceDataset) -> VectorIndex | None:
     """``vector_index`` of an opened dataset, remembered per (table, version): a version's
     indices never change, and reading their statistics took a tenth of a search."""
-    key = version_key(ds)
-    with _INDEX_INFO_LOCK:
-        if key in _INDEX_INFO:
-            return _INDEX_INFO[key]
-    found = _read_vector_index(ds)
-    with _INDEX_INFO_LOCK:
-        _INDEX_INFO[key] = found
-        while len(_INDEX_INFO) > INDEX_INFO_ENTRIES:
-            _INDEX_INFO.popitem(last=False)
-    return found
+    return _INDEX_INFO.get(version_key(ds), lambda: _read_vector_index(ds))
 
 
 def _matches_every_row(ds: lance.LanceDataset, filter: str) -> bool:
@@ -163,16 +152,9 @@ def _matches_every_row(ds: lance.LanceDataset, filter: str) -> bool:
     is scoped to; the search then needs no prefilter, which took a third of the time
     of an indexed search and of an exact scan of a 50,000 x 512 layer.
     """
-    key = (*version_key(ds), filter)
-    with _INDEX_INFO_LOCK:
-        if key in _EVERY_ROW:
-            return _EVERY_ROW[key]
-    every = ds.count_rows(filter=filter) == ds.count_rows()
-    with _INDEX_INFO_LOCK:
-        _EVERY_ROW[key] = every
-        while len(_EVERY_ROW) > INDEX_INFO_ENTRIES:
-            _EVERY_ROW.popitem(last=False)
-    return every
+    return _EVERY_ROW.get(
+        (*version_key(ds), filter), lambda: ds.count_rows(filter=filter) == ds.count_rows()
+    )
 
 
 def _read_vector_index(ds: lance.LanceDataset) -> VectorIndex | None:

@@ -22,6 +22,7 @@ from storage.reads import StoreReads
 from storage.sample_rows import sample_row_ids
 from storage.schema import ROW_ID
 from storage.tables import StoreError, version_key
+from storage.version_cache import VersionCache, one_entry
 
 # Bytes of rows per streamed batch of a query (embeddings, metrics, pairs, clusterings):
 # a 50,000 x 512 layer crossed loopback HTTP in 52-81 ms with 0.5-2 MiB batches (urllib
@@ -36,9 +37,9 @@ TAKE_BATCH_BYTES = 4 << 20
 # and stored_layers).
 NAME_CACHE_ENTRIES = 64
 LAYER_NAMES_TTL_S = 2.0
-_EXPERIMENT_NAMES: dict[tuple, list[str]] = {}
+_EXPERIMENT_NAMES: VersionCache[list[str]] = VersionCache(NAME_CACHE_ENTRIES, one_entry)
 _LAYER_NAMES: dict[tuple, tuple[float, dict[str, list[str]]]] = {}
-_LAYER_SCOPES: dict[tuple, list[Scope]] = {}
+_LAYER_SCOPES: VersionCache[list[Scope]] = VersionCache(NAME_CACHE_ENTRIES, one_entry)
 _NAMES_LOCK = threading.Lock()
 # Estimated bytes of the key columns of one row, added to its vector when sizing batches.
 KEY_COLUMN_BYTES = 64
@@ -94,10 +95,9 @@ def _experiments(store: StoreReads) -> tuple[tuple | None, list[str]]:
     if ds is None:
         return None, []
     key = version_key(ds)
-    names = _EXPERIMENT_NAMES.get(key)
-    if names is None:
-        names = sorted(ds.to_table(columns=["experiment_id"]).column(0).to_pylist())
-        _remember(_EXPERIMENT_NAMES, key, names)
+    names = _EXPERIMENT_NAMES.get(
+        key, lambda: sorted(ds.to_table(columns=["experiment_id"]).column(0).to_pylist())
+    )
     return key, names
 
 
@@ -197,21 +197,20 @@ def layer_scopes(ds: lance.LanceDataset) -> list[Scope]:
     with three filtered counts, a third of its time, and read a whole column to find
     the last epoch). A layer holds a few per run, however many rows. Rows with a null
     among the three are left out: no query can name them."""
-    key = version_key(ds)
-    scopes = _LAYER_SCOPES.get(key)
-    if scopes is None:
-        columns = ["run_id", "epoch", "split"]
-        found: set[Scope] = set()
-        for batch in ds.to_batches(columns=columns):  # a batch at a time: bounded memory
-            distinct = pa.Table.from_batches([batch]).group_by(columns).aggregate([])
-            found.update(
-                Scope(**values)
-                for values in distinct.to_pylist()
-                if None not in values.values()  # no query can name a null
-            )
-        scopes = sorted(found)
-        _remember(_LAYER_SCOPES, key, scopes)
-    return list(scopes)
+    return list(_LAYER_SCOPES.get(version_key(ds), lambda: _read_scopes(ds)))
+
+
+def _read_scopes(ds: lance.LanceDataset) -> list[Scope]:
+    columns = ["run_id", "epoch", "split"]
+    found: set[Scope] = set()
+    for batch in ds.to_batches(columns=columns):  # a batch at a time: bounded memory
+        distinct = pa.Table.from_batches([batch]).group_by(columns).aggregate([])
+        found.update(
+            Scope(**values)
+            for values in distinct.to_pylist()
+            if None not in values.values()  # no query can name a null
+        )
+    return sorted(found)
 
 
 def check_layer(store: StoreReads, experiment_id: str, arch: str, layer: str) -> None:

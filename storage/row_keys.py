@@ -61,8 +61,8 @@ def key_columns_future(
     row_ids = np.asarray(row_ids, dtype=np.uint64)
     copy = COPIES.get(
         version_key(ds),
-        estimate=lambda: ds.count_rows() * BYTES_PER_ROW,
         build=lambda: _copy(ds),
+        estimate=lambda: ds.count_rows() * BYTES_PER_ROW,
     )
     if copy is None and pool is not None:
         return pool.submit(ds._take_rows, pa.array(row_ids), columns)

@@ -43,8 +43,8 @@ def sample_row_ids(
     None when the layer's map would not fit ``SAMPLE_MAP_BYTES``."""
     found = MAPS.get(
         (*version_key(ds), filter),
-        estimate=lambda: ds.count_rows(filter=filter) * 16,
         build=lambda: _sample_map(ds, filter),
+        estimate=lambda: ds.count_rows(filter=filter) * 16,
     )
     if found is None:
         return None

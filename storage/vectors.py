@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import os
 import re
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import lance
@@ -30,10 +28,10 @@ from lance.file import LanceFileReader
 
 from storage import schema as S
 from storage.tables import version_key
+from storage.version_cache import VersionCache, one_entry
 
 LAYOUT_ENTRIES = 64  # (table, version) layouts remembered
-_LAYOUTS: OrderedDict[tuple[str, int, str], _Layout | None] = OrderedDict()
-_LOCK = threading.Lock()
+_LAYOUTS: VersionCache[_Layout | None] = VersionCache(LAYOUT_ENTRIES, size=one_entry)
 
 # The page encodings read directly, as the page metadata prints them with white space
 # removed: a fixed-size list without nulls over flat, uncompressed values, in Lance
@@ -82,7 +80,7 @@ def take_vectors(ds: lance.LanceDataset, row_ids: np.ndarray, column: str = S.EM
     """The vectors (n, d) of the rows with ``row_ids`` (row addresses, as
     :meth:`storage.EmbeddingStore.row_ids` returns them), in the order given.
 
-    Read from the memory-mapped data files where their layout allows it, else through
+    Read from the data files by ``pread`` where their layout allows it, else through
     Lance's take; float16 columns come back as float16 (the stored dtype).
     """
     row_ids = np.asarray(row_ids, dtype=np.uint64)
@@ -123,23 +121,13 @@ def _lance_take(ds: lance.LanceDataset, row_ids: np.ndarray, column: str) -> np.
 
 
 def _layout(ds: lance.LanceDataset, column: str) -> _Layout | None:
-    key = (*version_key(ds), column)
-    with _LOCK:
-        if key in _LAYOUTS:
-            _LAYOUTS.move_to_end(key)
-            return _LAYOUTS[key]
-    found = _read_layout(ds, column)
-    with _LOCK:
-        _LAYOUTS[key] = found
-        while len(_LAYOUTS) > LAYOUT_ENTRIES:
-            _LAYOUTS.popitem(last=False)
-    return found
+    return _LAYOUTS.get((*version_key(ds), column), lambda: _read_layout(ds, column))
 
 
 def _read_layout(ds: lance.LanceDataset, column: str) -> _Layout | None:
     """The column's pages in every fragment, or None if any of them is not flat and local."""
     if "://" in ds.uri and not ds.uri.startswith("file://"):
-        return None  # an object store: no file to map
+        return None  # an object store: no local file to read
     vector = ds.schema.field(column).type
     if not pa.types.is_fixed_size_list(vector) or vector.value_type not in (
         pa.float32(),

@@ -21,7 +21,7 @@ from storage.row_keys import key_columns
 from storage.sample_rows import sample_row_ids
 from storage.schema import ROW_ID
 from storage.vectors import _layout, take_vectors
-from storage.version_cache import VersionCache
+from storage.version_cache import VersionCache, one_entry
 from tests.factories import embedding_unit as rows
 from tests.storage.test_queries import TABLE, _layer_store
 
@@ -119,7 +119,7 @@ def test_maps_are_kept_within_their_budget(store, monkeypatch):
     monkeypatch.setattr(SR, "MAPS", VersionCache(16 * 70))  # one map of ~60 rows at a time
     for split in ("test", "train", None):
         sample_row_ids(ds, np.array([3]), where(split=split))
-        assert SR.MAPS.nbytes <= SR.MAPS.budget
+        assert SR.MAPS.used <= SR.MAPS.budget
     assert len(SR.MAPS) == 1
 
 
@@ -222,21 +222,21 @@ def test_version_cache_keeps_the_latest_values_within_its_budget():
     built = []
 
     def get(key, nbytes):
-        return cache.get(key, lambda: nbytes, lambda: built.append(key) or _Value(nbytes))
+        return cache.get(key, lambda: built.append(key) or _Value(nbytes), lambda: nbytes)
 
     for key in "abc":
         get(key, 40)
-    assert len(cache) == 2 and cache.nbytes == 80  # "a" dropped for "c"
+    assert len(cache) == 2 and cache.used == 80  # "a" dropped for "c"
     get("b", 40)  # kept: not built again, and now the most recent
     get("d", 40)  # drops "c", the least recently asked
     get("b", 40)
     get("c", 40)
     assert built == ["a", "b", "c", "d", "c"]
     estimates = []
-    assert cache.get("big", lambda: estimates.append(1) or 101, lambda: _Value(101)) is None
-    assert cache.get("big", lambda: estimates.append(1) or 101, lambda: _Value(101)) is None
+    assert cache.get("big", lambda: _Value(101), lambda: estimates.append(1) or 101) is None
+    assert cache.get("big", lambda: _Value(101), lambda: estimates.append(1) or 101) is None
     assert estimates == [1]  # the answer "too large" is remembered
-    assert cache.nbytes <= cache.budget
+    assert cache.used <= cache.budget
 
 
 def test_a_value_larger_than_its_estimate_is_not_kept_nor_built_again():
@@ -244,7 +244,7 @@ def test_a_value_larger_than_its_estimate_is_not_kept_nor_built_again():
     built = []
 
     def get(key, estimate, nbytes):
-        return cache.get(key, lambda: estimate, lambda: built.append(key) or _Value(nbytes))
+        return cache.get(key, lambda: built.append(key) or _Value(nbytes), lambda: estimate)
 
     get("a", 40, 40)
     assert get("b", 60, 150).nbytes == 150  # answered this once
@@ -264,7 +264,7 @@ def test_threads_asking_for_one_missing_value_build_it_once():
         return _Value(10)
 
     with ThreadPoolExecutor(8) as pool:
-        answers = [pool.submit(cache.get, "k", lambda: 10, build) for _ in range(8)]
+        answers = [pool.submit(cache.get, "k", build, lambda: 10) for _ in range(8)]
         started.wait(10)
         time.sleep(0.05)  # the other seven reach the cache meanwhile
         release.set()
@@ -275,5 +275,19 @@ def test_threads_asking_for_one_missing_value_build_it_once():
         raise OSError("disk gone")
 
     with pytest.raises(OSError, match="disk gone"):
-        cache.get("bad", lambda: 10, fails)
-    assert cache.get("bad", lambda: 10, lambda: _Value(10)).nbytes == 10  # not remembered
+        cache.get("bad", fails, lambda: 10)
+    assert cache.get("bad", lambda: _Value(10), lambda: 10).nbytes == 10  # not remembered
+
+
+def test_an_entry_counted_cache_keeps_none_answers_and_counts_entries():
+    cache = VersionCache(2, size=one_entry)
+    built = []
+
+    def get(key):
+        return cache.get(key, lambda: built.append(key))  # None: e.g. "no vector index"
+
+    for key in "aab":
+        assert get(key) is None
+    get("c")  # drops "a"
+    get("a")
+    assert built == ["a", "b", "c", "a"] and cache.used == len(cache) == 2
