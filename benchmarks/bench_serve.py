@@ -3,7 +3,8 @@
 A uvicorn process serves a store holding one n x d float32 layer (default 50,000 x 512,
 a mixture of 200 Gaussian clusters) and a metrics table, on 127.0.0.1. In one run:
 - ``layer_http_vs_local``: bytes/s of the layer's embeddings fetched whole over HTTP as
-  an Arrow IPC stream (and read into an Arrow table) over bytes/s of
+  an Arrow IPC stream and read into an Arrow table by the service's Python client
+  (``services.api.client``) over bytes/s of
   ``EmbeddingStore.embedding_array`` in this process (both counted on the n x d x 4
   embedding bytes; the stream also carries the key columns), best of ``REPEATS`` each
   (``layer_http_vs_local_median``: of the medians);
@@ -39,8 +40,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.parse
-import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -49,6 +48,7 @@ import numpy as np
 import pyarrow as pa
 from common import parse_args, report  # benchmarks/ is on sys.path
 
+from services.api.client import fetch_table
 from storage import EmbeddingStore, embeddings_table
 from storage import schema as S
 from storage.index import build_index, nearest
@@ -161,12 +161,10 @@ def start_server(
 
 
 def fetch_arrow(url: str, params: dict) -> pa.Table:
-    """One embeddings query read into an Arrow table as it streams in: pyarrow's IPC
-    reader on the standard library's HTTP response (httpx's chunk parser took ~2x as
-    long for the whole layer)."""
-    query = urllib.parse.urlencode(params)
-    with urllib.request.urlopen(f"{url}/v1/experiments/{EXPERIMENT}/embeddings?{query}") as r:
-        return pa.ipc.open_stream(r).read_all()
+    """One embeddings query read into an Arrow table as it streams in, by the service's
+    Python client (``services.api.client``: the standard library's HTTP, each batch read
+    into Arrow's memory pool; httpx's chunk parser took ~2x as long for the whole layer)."""
+    return fetch_table(f"{url}/v1/experiments/{EXPERIMENT}/embeddings", params)
 
 
 def timed(fn) -> float:

@@ -11,7 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from tests.services.conftest import EXPERIMENT
+from services.api import client
+from tests.services.conftest import EXPERIMENT, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -82,6 +83,33 @@ def test_embeddings_stream_the_rows_lance_reads(http, pipeline_store, layer):
     )
     got = pa.ipc.open_stream(some.content).read_all()
     assert sorted(got.column("sample_index").to_pylist()) == sorted(picked)
+
+
+def test_the_python_client_reads_what_lance_reads(live_server, pipeline_store):
+    ds = table(pipeline_store, f"embeddings/{EXPERIMENT}/small_cnn/fc1")
+    direct = ds.to_table(filter="seed = 1 AND split = 'test'")
+    got = client.embeddings(
+        live_server, EXPERIMENT, arch="small_cnn", layer="fc1", seed=1, split="test"
+    )
+    assert got.equals(direct.select(got.schema.names)) and got.num_rows > 0
+    picked = direct.column("sample_index").to_pylist()[:7]
+    some = client.embeddings(
+        live_server,
+        EXPERIMENT,
+        arch="small_cnn",
+        layer="fc1",
+        seed=1,
+        split="test",
+        sample_index=picked,
+    )
+    assert sorted(some.column("sample_index").to_pylist()) == sorted(picked)
+    with pytest.raises(client.ServiceError, match="404: .*fc1") as error:
+        client.embeddings(live_server, EXPERIMENT, arch="small_cnn", layer="fc9")
+    assert error.value.status == 404
+    with pytest.raises(ValueError, match="not an Arrow IPC stream; ask format=arrow"):
+        client.fetch_table(f"{live_server}/v1/experiments/{EXPERIMENT}/metrics", {"limit": 1})
+    with pytest.raises(ConnectionError, match="is `stratalens serve` running there"):
+        client.embeddings(f"http://127.0.0.1:{free_port()}", EXPERIMENT, arch="a", layer="b")
 
 
 def test_metrics_pairs_and_clusterings_equal_the_tables(http, pipeline_store):

@@ -1,0 +1,128 @@
+"""Reading the query service's Arrow answers from Python.
+
+Standard library HTTP and pyarrow, nothing else::
+
+    from services.api.client import embeddings
+    rows = embeddings("http://127.0.0.1:8000", "quickstart", arch="small_cnn", layer="fc2")
+
+Any Arrow reader can read the answers (e.g. ``pyarrow.ipc.open_stream(urlopen(url))``);
+this one reads each record batch's body straight into memory of Arrow's pool instead of
+a new ``bytes`` object. The pool reuses what it freed, where fresh memory is mapped by
+the kernel page by page: fetching a 100 MB layer over loopback, this cut the client's
+CPU from 67 to 23 ms and its wall time from 86 to 58 ms (best of 15,
+``benchmarks/RESULTS.md``).
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping
+from typing import Any
+
+import pyarrow as pa
+
+from services.api.formats import ARROW_STREAM
+
+# Seconds to wait for the server to connect or to send more of an answer.
+TIMEOUT_S = 300.0
+
+
+class ServiceError(RuntimeError):
+    """The service answered with an error status; ``detail`` is its sentence."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"{status}: {detail}")
+        self.status = status
+        self.detail = detail
+
+
+def embeddings(
+    base_url: str, experiment: str, *, timeout: float = TIMEOUT_S, **filters: Any
+) -> pa.Table:
+    """The embeddings of ``experiment`` matching ``filters`` (``arch`` and ``layer``, and
+    optionally ``run``, ``seed``, ``epoch``, ``split``, ``superclass``, ``dataset``,
+    ``sample_index`` (a list or comma-separated), ``limit``, ``offset``): their key columns
+    and the embedding, as one table."""
+    if isinstance(filters.get("sample_index"), list | tuple):
+        filters["sample_index"] = ",".join(map(str, filters["sample_index"]))
+    path = f"/v1/experiments/{urllib.parse.quote(experiment, safe='')}/embeddings"
+    return fetch_table(base_url.rstrip("/") + path, filters | {"format": "arrow"}, timeout)
+
+
+def fetch_table(
+    url: str, params: Mapping[str, Any] | None = None, timeout: float = TIMEOUT_S
+) -> pa.Table:
+    """GET ``url`` with the query ``params`` and read its Arrow IPC stream answer whole
+    (embeddings, and metrics, pairs or clusterings asked with ``format=arrow``)."""
+    if params:
+        url = f"{url}?{urllib.parse.urlencode(params)}"
+    try:
+        response = urllib.request.urlopen(url, timeout=timeout)
+    except urllib.error.HTTPError as error:
+        raise ServiceError(error.code, _detail(error)) from None
+    except urllib.error.URLError as error:
+        raise ConnectionError(
+            f"could not reach {url} ({error.reason}); is `stratalens serve` running there?"
+        ) from None
+    with response:
+        kind = response.headers.get_content_type()
+        if kind != ARROW_STREAM:
+            raise ValueError(f"{url} answered {kind}, not an Arrow IPC stream; ask format=arrow")
+        try:
+            return read_arrow_stream(response)
+        except (OSError, pa.ArrowInvalid) as error:
+            raise ConnectionError(
+                f"the answer from {url} was cut off ({error}); the server's log says why"
+            ) from error
+
+
+def read_arrow_stream(response: Any) -> pa.Table:
+    """An Arrow IPC stream read whole from ``response`` (anything with ``read`` and
+    ``readinto``, such as ``urlopen``'s answer), its batches in Arrow's memory pool."""
+    return pa.ipc.open_stream(_PoolReader(response)).read_all()
+
+
+class _PoolReader:
+    """``response`` as pyarrow's IPC reader asks for it: the small reads of message
+    lengths and metadata as ``bytes``, each message body through ``read_buffer`` into a
+    buffer of Arrow's default memory pool (pyarrow calls ``read_buffer`` where a file
+    object has one)."""
+
+    closed = False
+
+    def __init__(self, response: Any) -> None:
+        self._response = response
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        return self._response.read(size)
+
+    def read_buffer(self, size: int = -1) -> pa.Buffer:
+        if size is None or size < 0:
+            return pa.py_buffer(self.read())
+        buffer = pa.allocate_buffer(size)
+        view = memoryview(buffer)
+        filled = 0
+        while filled < size:
+            got = self._response.readinto(view[filled:])
+            if not got:  # the stream ended early: pyarrow names the bytes missing
+                return buffer.slice(0, filled)
+            filled += got
+        return buffer
+
+
+def _detail(error: urllib.error.HTTPError) -> str:
+    """The sentence of an error answer (``{"detail": ...}``), or its raw text."""
+    body = error.read().decode(errors="replace")
+    try:
+        detail = json.loads(body)["detail"]
+    except (ValueError, KeyError, TypeError):
+        return body.strip() or str(error.reason)
+    if isinstance(detail, list):  # FastAPI's validation errors
+        return "; ".join(str(item.get("msg", item)) for item in detail)
+    return str(detail)

@@ -1,0 +1,66 @@
+"""The service's Python client without a server: its Arrow reader over in-memory streams
+(the live tests read real answers through it, in test_api_live.py)."""
+
+import io
+import json
+import urllib.error
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from services.api.client import ServiceError, _detail, read_arrow_stream
+
+
+def stream_of(table: pa.Table, rows_per_batch: int) -> bytes:
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=rows_per_batch)
+    return sink.getvalue()
+
+
+@pytest.fixture
+def rows() -> pa.Table:
+    rng = np.random.default_rng(0)
+    n, d = 1_000, 64
+    vectors = rng.standard_normal((n, d), dtype=np.float32)
+    return pa.table(
+        {
+            "run_id": [f"run{i % 3}" for i in range(n)],
+            "sample_index": np.arange(n, dtype=np.int64),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), d),
+        }
+    )
+
+
+def test_reads_every_batch_into_arrows_pool(rows):
+    data = stream_of(rows, rows_per_batch=128)
+    expected = pa.ipc.open_stream(data).read_all()
+    before = pa.total_allocated_bytes()
+    got = read_arrow_stream(io.BufferedReader(io.BytesIO(data)))
+    assert got.equals(expected) and got.num_rows == rows.num_rows
+    assert got.column("embedding").num_chunks == 8
+    # the bodies were read into new pool buffers, not wrapped as the reader's bytes
+    assert pa.total_allocated_bytes() - before >= rows.column("embedding").nbytes
+
+
+def test_a_cut_stream_fails_naming_the_missing_bytes(rows):
+    data = stream_of(rows, rows_per_batch=500)
+    with pytest.raises(OSError, match="Expected to be able to read"):
+        read_arrow_stream(io.BufferedReader(io.BytesIO(data[: len(data) // 2])))
+
+
+@pytest.mark.parametrize(
+    "body, sentence",
+    [
+        ({"detail": "no layer 'x'; the layers are: fc1, fc2"}, "no layer 'x'; the layers are"),
+        ({"detail": [{"msg": "limit must be >= 0"}, {"msg": "k too large"}]}, "limit must"),
+    ],
+)
+def test_error_answers_become_their_sentence(body, sentence):
+    error = urllib.error.HTTPError(
+        "http://x", 404, "Not Found", {}, io.BytesIO(json.dumps(body).encode())
+    )
+    detail = _detail(error)
+    assert detail.startswith(sentence)
+    assert str(ServiceError(404, detail)).startswith(f"404: {sentence}")
