@@ -42,12 +42,13 @@ class ServiceError(RuntimeError):
 def embeddings(
     base_url: str, experiment: str, *, timeout: float = TIMEOUT_S, **filters: Any
 ) -> pa.Table:
-    """The embeddings of ``experiment`` matching ``filters`` (``arch`` and ``layer``, and
-    optionally ``run``, ``seed``, ``epoch``, ``split``, ``superclass``, ``dataset``,
-    ``sample_index`` (a list or comma-separated), ``limit``, ``offset``): their key columns
-    and the embedding, as one table."""
-    if isinstance(filters.get("sample_index"), list | tuple):
-        filters["sample_index"] = ",".join(map(str, filters["sample_index"]))
+    """The embeddings of ``experiment`` matching ``filters``, their key columns and the
+    embedding as one table. ``arch`` and ``layer`` are required; ``run``, ``seed``,
+    ``epoch``, ``split``, ``superclass``, ``dataset``, ``sample_index`` (one, a list or
+    an array, or comma-separated), ``limit`` and ``offset`` narrow the rows."""
+    picked = filters.get("sample_index")
+    if picked is not None and not isinstance(picked, str | int):  # a list, an array
+        filters["sample_index"] = ",".join(str(int(i)) for i in picked)
     path = f"/v1/experiments/{urllib.parse.quote(experiment, safe='')}/embeddings"
     return fetch_table(base_url.rstrip("/") + path, filters | {"format": "arrow"}, timeout)
 

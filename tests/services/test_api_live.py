@@ -92,7 +92,7 @@ def test_the_python_client_reads_what_lance_reads(live_server, pipeline_store):
         live_server, EXPERIMENT, arch="small_cnn", layer="fc1", seed=1, split="test"
     )
     assert got.equals(direct.select(got.schema.names)) and got.num_rows > 0
-    picked = direct.column("sample_index").to_pylist()[:7]
+    picked = direct.column("sample_index").to_numpy()[:7]  # an array, as users hold them
     some = client.embeddings(
         live_server,
         EXPERIMENT,
@@ -102,7 +102,7 @@ def test_the_python_client_reads_what_lance_reads(live_server, pipeline_store):
         split="test",
         sample_index=picked,
     )
-    assert sorted(some.column("sample_index").to_pylist()) == sorted(picked)
+    assert sorted(some.column("sample_index").to_pylist()) == sorted(picked.tolist())
     with pytest.raises(client.ServiceError, match="404: .*fc1") as error:
         client.embeddings(live_server, EXPERIMENT, arch="small_cnn", layer="fc9")
     assert error.value.status == 404
