@@ -3,6 +3,7 @@ hand (tests/services/api_store.py): each answer equals a direct read of the same
 
 import asyncio
 import io
+import threading
 
 import numpy as np
 import pyarrow as pa
@@ -13,7 +14,13 @@ from fastapi.testclient import TestClient
 
 import storage.queries
 from services.api import ServiceSettings, create_app
-from services.api.formats import PREFETCH_CHUNKS, _prefetched, arrow_table
+from services.api.formats import (
+    PREFETCH_CHUNKS,
+    READ_AHEAD_CHUNKS,
+    _made_ahead,
+    _prefetched,
+    arrow_table,
+)
 from storage import embedding_matrix
 from storage import schema as S
 from storage.filters import where
@@ -327,3 +334,49 @@ def test_answers_make_their_first_chunks_in_the_route_and_the_rest_in_order(coun
         return [chunk async for chunk in body]
 
     assert asyncio.run(sent()) == [b"%d" % i for i in range(count)]
+
+
+def test_the_rest_is_made_at_most_read_ahead_chunks_ahead_and_stops_with_the_client():
+    made, closed = [], threading.Event()
+
+    def chunks():
+        try:
+            for i in range(100):
+                made.append(i)
+                yield b"%d" % i
+        finally:
+            closed.set()
+
+    async def first_ten() -> list[bytes]:
+        got = []
+        body = _made_ahead(chunks())
+        async for chunk in body:
+            got.append(chunk)
+            await asyncio.sleep(0.01)  # a slow client: the thread runs ahead meanwhile
+            assert len(made) <= len(got) + READ_AHEAD_CHUNKS + 1
+            if len(got) == 10:
+                break
+        for _ in range(500):  # the thread runs ahead of a client that stops reading...
+            if len(made) >= 10 + READ_AHEAD_CHUNKS:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # ...and no further
+        assert 10 + READ_AHEAD_CHUNKS <= len(made) <= 10 + READ_AHEAD_CHUNKS + 1
+        await body.aclose()  # the client went away
+        return got
+
+    assert asyncio.run(first_ten()) == [b"%d" % i for i in range(10)]
+    assert closed.wait(5)  # the thread stopped at its next chunk and closed the source
+    assert len(made) <= 10 + READ_AHEAD_CHUNKS + 1
+
+
+def test_an_error_while_making_a_chunk_ends_the_answer_with_it():
+    def chunks():
+        yield b"0"
+        raise OSError("a data file went missing")
+
+    async def sent() -> list[bytes]:
+        return [chunk async for chunk in _made_ahead(chunks())]
+
+    with pytest.raises(OSError, match="a data file went missing"):
+        asyncio.run(sent())
