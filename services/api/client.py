@@ -80,6 +80,11 @@ def fetch_table(
             ) from error
 
 
+def arrow_table(data: bytes) -> pa.Table:
+    """An Arrow IPC stream answer already received whole (``response.content``)."""
+    return pa.ipc.open_stream(data).read_all()
+
+
 def read_arrow_stream(response: Any) -> pa.Table:
     """An Arrow IPC stream read whole from ``response`` (anything with ``read`` and
     ``readinto``, such as ``urlopen``'s answer), its batches in Arrow's memory pool."""
@@ -103,9 +108,7 @@ class _PoolReader:
     def read(self, size: int = -1) -> bytes:
         return self._response.read(size)
 
-    def read_buffer(self, size: int = -1) -> pa.Buffer:
-        if size is None or size < 0:
-            return pa.py_buffer(self.read())
+    def read_buffer(self, size: int) -> pa.Buffer:
         buffer = pa.allocate_buffer(size)
         view = memoryview(buffer)
         filled = 0

@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.csv as pacsv
 from fastapi.responses import JSONResponse, StreamingResponse
 
@@ -143,7 +142,7 @@ def _prefetched(chunks: Iterator[bytes | memoryview]) -> AsyncIterator[bytes | m
     a few chunks (a take of named rows: schema, batch, end) goes out without another
     thread, and a query that fails early (a bad filter Lance refuses) still answers
     with its error status, before any byte is sent. The rest, if any, are made by
-    :func:`_made_ahead`; at most ``PREFETCH_CHUNKS`` are held at once.
+    :func:`_made_ahead`, at most ``READ_AHEAD_CHUNKS`` ahead of the socket.
     """
     first = list(itertools.islice(chunks, PREFETCH_CHUNKS))
 
@@ -202,8 +201,3 @@ async def _made_ahead(chunks: Iterator[bytes | memoryview]) -> AsyncIterator[byt
     finally:
         stop.set()
         room.release()  # wakes a thread waiting for room, which then stops
-
-
-def arrow_table(data: bytes) -> pa.Table:
-    """Read an Arrow IPC stream answer back (for clients and tests)."""
-    return pa.ipc.open_stream(data).read_all()

@@ -14,12 +14,12 @@ from fastapi.testclient import TestClient
 
 import storage.queries
 from services.api import ServiceSettings, create_app
+from services.api.client import arrow_table
 from services.api.formats import (
     PREFETCH_CHUNKS,
     READ_AHEAD_CHUNKS,
     _made_ahead,
     _prefetched,
-    arrow_table,
 )
 from storage import embedding_matrix
 from storage import schema as S

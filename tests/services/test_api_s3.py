@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from services.api import ServiceSettings, create_app
-from services.api.formats import arrow_table
+from services.api.client import arrow_table
 from storage import EmbeddingStore, embedding_matrix, embeddings_table
 from storage import schema as S
 from storage.index import build_index
