@@ -19,7 +19,8 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import pyarrow as pa
@@ -45,12 +46,27 @@ def embeddings(
     """The embeddings of ``experiment`` matching ``filters``, their key columns and the
     embedding as one table. ``arch`` and ``layer`` are required; ``run``, ``seed``,
     ``epoch``, ``split``, ``superclass``, ``dataset``, ``sample_index`` (one, a list or
-    an array, or comma-separated), ``limit`` and ``offset`` narrow the rows."""
+    an array, or comma-separated), ``limit`` and ``offset`` narrow the rows. For more
+    rows than fit in memory, :func:`embedding_batches`."""
+    return fetch_table(*_embeddings_query(base_url, experiment, filters), timeout)
+
+
+def embedding_batches(
+    base_url: str, experiment: str, *, timeout: float = TIMEOUT_S, **filters: Any
+) -> Iterator[pa.RecordBatch]:
+    """:func:`embeddings` a record batch (about 1 MiB) at a time, as they arrive: a layer
+    of any size is read holding one batch."""
+    return fetch_batches(*_embeddings_query(base_url, experiment, filters), timeout)
+
+
+def _embeddings_query(
+    base_url: str, experiment: str, filters: dict[str, Any]
+) -> tuple[str, dict[str, Any]]:
     picked = filters.get("sample_index")
     if picked is not None and not isinstance(picked, str | int):  # a list, an array
         filters["sample_index"] = ",".join(str(int(i)) for i in picked)
     path = f"/v1/experiments/{urllib.parse.quote(experiment, safe='')}/embeddings"
-    return fetch_table(base_url.rstrip("/") + path, filters | {"format": "arrow"}, timeout)
+    return base_url.rstrip("/") + path, filters | {"format": "arrow"}
 
 
 def fetch_table(
@@ -58,6 +74,23 @@ def fetch_table(
 ) -> pa.Table:
     """GET ``url`` with the query ``params`` and read its Arrow IPC stream answer whole
     (embeddings, and metrics, pairs or clusterings asked with ``format=arrow``)."""
+    with _answer(url, params, timeout) as reader:
+        return reader.read_all()
+
+
+def fetch_batches(
+    url: str, params: Mapping[str, Any] | None = None, timeout: float = TIMEOUT_S
+) -> Iterator[pa.RecordBatch]:
+    """:func:`fetch_table` a record batch at a time, each read as it arrives."""
+    with _answer(url, params, timeout) as reader:
+        yield from reader
+
+
+@contextmanager
+def _answer(
+    url: str, params: Mapping[str, Any] | None, timeout: float
+) -> Iterator[pa.RecordBatchStreamReader]:
+    """The Arrow answer to GET ``url``, open for reading; its errors as one sentence."""
     if params:
         url = f"{url}?{urllib.parse.urlencode(params)}"
     try:
@@ -73,7 +106,7 @@ def fetch_table(
         if kind != ARROW_STREAM:
             raise ValueError(f"{url} answered {kind}, not an Arrow IPC stream; ask format=arrow")
         try:
-            return read_arrow_stream(response)
+            yield stream_reader(response)
         except (OSError, pa.ArrowInvalid) as error:
             raise ConnectionError(
                 f"the answer from {url} was cut off ({error}); the server's log says why"
@@ -85,10 +118,11 @@ def arrow_table(data: bytes) -> pa.Table:
     return pa.ipc.open_stream(data).read_all()
 
 
-def read_arrow_stream(response: Any) -> pa.Table:
-    """An Arrow IPC stream read whole from ``response`` (anything with ``read`` and
-    ``readinto``, such as ``urlopen``'s answer), its batches in Arrow's memory pool."""
-    return pa.ipc.open_stream(_PoolReader(response)).read_all()
+def stream_reader(response: Any) -> pa.RecordBatchStreamReader:
+    """pyarrow's reader of the Arrow IPC stream in ``response`` (anything with ``read``
+    and ``readinto``, such as ``urlopen``'s answer), its batches read into Arrow's
+    memory pool one at a time as they are asked for."""
+    return pa.ipc.open_stream(_PoolReader(response))
 
 
 class _PoolReader:

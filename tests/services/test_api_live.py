@@ -92,6 +92,12 @@ def test_the_python_client_reads_what_lance_reads(live_server, pipeline_store):
         live_server, EXPERIMENT, arch="small_cnn", layer="fc1", seed=1, split="test"
     )
     assert got.equals(direct.select(got.schema.names)) and got.num_rows > 0
+    batches = list(
+        client.embedding_batches(
+            live_server, EXPERIMENT, arch="small_cnn", layer="fc1", seed=1, split="test"
+        )
+    )
+    assert len(batches) >= 1 and pa.Table.from_batches(batches).equals(got)
     picked = direct.column("sample_index").to_numpy()[:7]  # an array, as users hold them
     some = client.embeddings(
         live_server,

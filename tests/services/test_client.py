@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from services.api.client import ServiceError, _detail, read_arrow_stream
+from services.api.client import ServiceError, _detail, stream_reader
 
 
 def stream_of(table: pa.Table, rows_per_batch: int) -> bytes:
@@ -37,7 +37,7 @@ def test_reads_every_batch_into_arrows_pool(rows):
     data = stream_of(rows, rows_per_batch=128)
     expected = pa.ipc.open_stream(data).read_all()
     before = pa.total_allocated_bytes()
-    got = read_arrow_stream(io.BufferedReader(io.BytesIO(data)))
+    got = stream_reader(io.BufferedReader(io.BytesIO(data))).read_all()
     assert got.equals(expected) and got.num_rows == rows.num_rows
     assert got.column("embedding").num_chunks == 8
     # the bodies were read into new pool buffers, not wrapped as the reader's bytes
@@ -47,7 +47,34 @@ def test_reads_every_batch_into_arrows_pool(rows):
 def test_a_cut_stream_fails_naming_the_missing_bytes(rows):
     data = stream_of(rows, rows_per_batch=500)
     with pytest.raises(OSError, match="Expected to be able to read"):
-        read_arrow_stream(io.BufferedReader(io.BytesIO(data[: len(data) // 2])))
+        stream_reader(io.BufferedReader(io.BytesIO(data[: len(data) // 2]))).read_all()
+
+
+class Arriving(io.RawIOBase):
+    """A stream whose bytes arrive a piece at a time, counting what was read of it."""
+
+    def __init__(self, data: bytes, piece: int) -> None:
+        self.data, self.piece, self.read_so_far = data, piece, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        got = self.data[self.read_so_far : self.read_so_far + min(len(buffer), self.piece)]
+        buffer[: len(got)] = got
+        self.read_so_far += len(got)
+        return len(got)
+
+
+def test_batches_are_read_as_they_arrive(rows):
+    data = stream_of(rows, rows_per_batch=100)
+    arriving = Arriving(data, piece=4096)
+    reader = stream_reader(io.BufferedReader(arriving, buffer_size=4096))
+    first = reader.read_next_batch()
+    assert first.num_rows == 100
+    assert arriving.read_so_far < len(data) / 5  # one batch of ten, not the stream
+    rest = list(reader)
+    assert pa.Table.from_batches([first, *rest]).equals(pa.ipc.open_stream(data).read_all())
 
 
 @pytest.mark.parametrize(
