@@ -7,7 +7,10 @@ a mixture of 200 Gaussian clusters) and a metrics table, on 127.0.0.1. In one ru
   (``services.api.client``) over bytes/s of
   ``EmbeddingStore.embedding_array`` in this process (both counted on the n x d x 4
   embedding bytes; the stream also carries the key columns), best of ``REPEATS`` each
-  (``layer_http_vs_local_median``: of the medians);
+  (``layer_http_vs_local_median``: of the medians). The same layer from a framework-free
+  reference server (``benchmarks/plain_http.py``: blocking sockets, no copy in Python)
+  gives ``layer_reference_vs_local``, what loopback HTTP allows on this machine, and
+  ``layer_http_vs_reference``, the service's share of it;
 - ``take_1000_p50_ms`` / ``take_1000_p99_ms``: latency of 1,000 random rows by
   ``sample_index`` over HTTP, and ``take_1000_vs_layer``: its p50 over the median time
   of fetching the whole layer (asked: <= 0.1; ``take_1000_vs_layer_best``: over the
@@ -135,15 +138,34 @@ def start_server(
 ) -> tuple[subprocess.Popen, str]:
     """``stratalens serve`` (uvicorn, or Ray Serve with ``ray_replicas``) serving ``root``
     on a free port of 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = os.environ | {"STRATALENS_STORE": str(root), "PYTHONPATH": str(REPO)}
-    env.pop("STRATALENS_TOKEN", None)
+    port = _free_port()
     command = [sys.executable, "-m", "jobs.cli", "serve", "--store", str(root)]
     command += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
     if ray_replicas:
         command += ["--ray", "--replicas", str(ray_replicas)]
+    return _started(command, port, log, root)
+
+
+def start_reference(root: Path, log: Path) -> tuple[subprocess.Popen, str]:
+    """The framework-free reference server (``benchmarks/plain_http.py``) serving the
+    layer of ``root`` on a free port of 127.0.0.1."""
+    port = _free_port()
+    script = Path(__file__).with_name("plain_http.py")
+    command = [sys.executable, str(script), str(root), str(port), EXPERIMENT, ARCH, LAYER]
+    return _started(command, port, log, root)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _started(command: list[str], port: int, log: Path, root: Path) -> tuple[subprocess.Popen, str]:
+    """``command`` serving the store ``root``, its output in ``log``, once it answers
+    ``/readyz`` on ``port``."""
+    env = os.environ | {"STRATALENS_STORE": str(root), "PYTHONPATH": str(REPO)}
+    env.pop("STRATALENS_TOKEN", None)
     with log.open("w") as out:
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=out)
     url = f"http://127.0.0.1:{port}"
@@ -174,18 +196,21 @@ def timed(fn) -> float:
 
 
 def bench_layer_and_take(
-    store: EmbeddingStore, url: str, n: int, d: int, rng: np.random.Generator
+    store: EmbeddingStore, url: str, reference_url: str, n: int, d: int, rng: np.random.Generator
 ) -> dict:
-    """The whole layer in process and over HTTP, and 1,000-row fetches, alternated: each
-    round reads the layer locally, fetches it over HTTP, then sends a tenth of the row
-    fetches, so that the load of the shared machine falls on all three alike."""
+    """The whole layer in process, over HTTP from the service and from the reference
+    server, and 1,000-row fetches, alternated: each round reads the layer locally,
+    fetches it from both servers, then sends a tenth of the row fetches, so that the
+    load of the shared machine falls on all of them alike."""
     params = {"arch": ARCH, "layer": LAYER}
     got = fetch_arrow(url, params)
     assert got.num_rows == n  # a broken answer would void every figure
-    local, http, takes = [], [], []
+    assert fetch_table(f"{reference_url}/layer").equals(got)  # the same bytes, both ways
+    local, http, reference, takes = [], [], [], []
     for _ in range(REPEATS):
         local.append(timed(lambda: store.embedding_array(EXPERIMENT, ARCH, LAYER)))
         http.append(timed(lambda: fetch_arrow(url, params)))
+        reference.append(timed(lambda: fetch_table(f"{reference_url}/layer")))
         for _ in range(TAKE_REQUESTS // REPEATS):
             picked = rng.choice(n, min(TAKE_ROWS, n), replace=False)
             query = params | {"sample_index": ",".join(map(str, picked))}
@@ -193,7 +218,7 @@ def bench_layer_and_take(
             rows = fetch_arrow(url, query)
             takes.append(time.perf_counter() - start)
             assert rows.num_rows == len(picked)
-    local_s, http_s = min(local), min(http)
+    local_s, http_s, reference_s = min(local), min(http), min(reference)
     payload = n * d * 4
     p50, p99 = np.percentile(takes, [50, 99])
     return {
@@ -203,6 +228,9 @@ def bench_layer_and_take(
         "layer_http_mb_per_s": payload / http_s / 1e6,
         "layer_http_vs_local": local_s / http_s,
         "layer_http_vs_local_median": float(np.median(local) / np.median(http)),
+        "layer_reference_seconds": reference_s,
+        "layer_reference_vs_local": local_s / reference_s,
+        "layer_http_vs_reference": reference_s / http_s,
         "take_1000_p50_ms": p50 * 1e3,
         "take_1000_p99_ms": p99 * 1e3,
         "take_1000_vs_layer": p50 / float(np.median(http)),
@@ -370,8 +398,13 @@ def main(argv: list[str] | None = None) -> dict:
         if args.ray:  # the service's throughput under Ray Serve: the metrics load alone
             results |= bench_metrics(url, args.clients, args.seconds)
             return report(results, args.json)
+        reference, reference_url = start_reference(root / "store", root / "reference.log")
+        try:
+            results |= bench_layer_and_take(store, url, reference_url, args.n, args.d, rng)
+        finally:
+            reference.kill()  # ours, by its process id
+            reference.wait()
         with httpx.Client(base_url=url, timeout=120) as client:
-            results |= bench_layer_and_take(store, url, args.n, args.d, rng)
             results |= bench_metrics(url, args.clients, args.seconds)
             results |= bench_neighbors(store, client, X, args.queries, rng)
     finally:

@@ -29,5 +29,11 @@ def test_bench_serve_quick_prints_json():
     assert figures["index_type"] == "IVF_HNSW_SQ"
     assert figures["neighbors_recall_at_10"] >= 0.9
     assert figures["take_1000_p50_ms"] <= figures["take_1000_p99_ms"]
-    for name in ("layer_http_vs_local", "neighbors_speedup", "neighbors_http_speedup"):
+    for name in (
+        "layer_http_vs_local",
+        "layer_reference_vs_local",
+        "layer_http_vs_reference",
+        "neighbors_speedup",
+        "neighbors_http_speedup",
+    ):
         assert figures[name] > 0
