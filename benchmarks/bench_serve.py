@@ -170,16 +170,20 @@ def _started(command: list[str], port: int, log: Path, root: Path) -> tuple[subp
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=out)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + SERVER_START_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited: {log.read_text()}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            time.sleep(0.25)
-    process.kill()
-    raise RuntimeError(f"the server did not answer within {SERVER_START_S} s")
+    try:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"the server exited: {log.read_text()}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    return process, url
+            except httpx.TransportError:
+                time.sleep(0.25)
+        raise RuntimeError(f"the server did not answer within {SERVER_START_S} s")
+    except BaseException:  # not ready, or interrupted: stop ours, by its process id
+        process.kill()
+        process.wait()
+        raise
 
 
 def fetch_arrow(url: str, params: dict) -> pa.Table:
@@ -200,17 +204,21 @@ def bench_layer_and_take(
 ) -> dict:
     """The whole layer in process, over HTTP from the service and from the reference
     server, and 1,000-row fetches, alternated: each round reads the layer locally,
-    fetches it from both servers, then sends a tenth of the row fetches, so that the
-    load of the shared machine falls on all of them alike."""
+    fetches it from both servers (each first in turn), then sends a tenth of the row
+    fetches, so that the load of the shared machine falls on all of them alike."""
     params = {"arch": ARCH, "layer": LAYER}
     got = fetch_arrow(url, params)
     assert got.num_rows == n  # a broken answer would void every figure
-    assert fetch_table(f"{reference_url}/layer").equals(got)  # the same bytes, both ways
+    assert fetch_table(f"{reference_url}/layer").equals(got)  # the same rows, both ways
     local, http, reference, takes = [], [], [], []
-    for _ in range(REPEATS):
+    fetches = [
+        (http, lambda: fetch_arrow(url, params)),
+        (reference, lambda: fetch_table(f"{reference_url}/layer")),
+    ]
+    for turn in range(REPEATS):
         local.append(timed(lambda: store.embedding_array(EXPERIMENT, ARCH, LAYER)))
-        http.append(timed(lambda: fetch_arrow(url, params)))
-        reference.append(timed(lambda: fetch_table(f"{reference_url}/layer")))
+        for times, fetch in fetches[turn % 2 :] + fetches[: turn % 2]:  # each first in turn
+            times.append(timed(fetch))
         for _ in range(TAKE_REQUESTS // REPEATS):
             picked = rng.choice(n, min(TAKE_ROWS, n), replace=False)
             query = params | {"sample_index": ",".join(map(str, picked))}

@@ -1,16 +1,21 @@
-"""A reference for `bench serve`: one layer's Arrow IPC stream over plain HTTP/1.1.
+"""A minimal-overhead baseline for `bench serve`: one layer's Arrow IPC stream over
+plain HTTP/1.1.
 
-No framework: blocking sockets, a thread per connection, the rows read by the same
-query the service runs (``storage.queries.layer_rows``) and each record batch handed to
-``sendmsg`` with its chunk framing, its vectors without a copy in Python (pyarrow's IPC
-writer passes a sink the column buffers themselves). The service's answer costs what
-this one does plus what uvicorn, Starlette and the event loop add, so the ratio of the
-two says how far the service is from what loopback HTTP allows on the machine the
-benchmark ran on.
+No framework: blocking sockets (``TCP_NODELAY``, as asyncio sets for uvicorn), a thread
+per connection, the rows read by the same query the service runs
+(``storage.queries.layer_rows``) and each record batch handed to ``sendmsg`` with its
+chunk framing, its vectors without a copy in Python (pyarrow's IPC writer passes a sink
+the column buffers themselves). The service's answer costs what this one does plus
+``RecordBatch.serialize``'s copy, uvicorn's joining each chunk with its framing (a
+second copy) and the hand-over of each chunk from the thread that makes it to the event
+loop; the ratio of the two says how much of that overhead the service carries on the
+machine the benchmark ran on. It is one simple baseline, not an upper bound: it does
+not overlap the scan with the sending, for one.
 
 Usage (``bench_serve`` starts it): python benchmarks/plain_http.py STORE PORT EXPERIMENT
-ARCH LAYER. ``GET /layer`` answers the whole layer, ``GET /readyz`` 200; nothing else.
-Not a server for anything but this measurement.
+ARCH LAYER. ``GET /layer`` (no query string) answers the whole layer, ``GET /readyz``
+200, anything else 404; request bodies are not read. Not a server for anything but
+this measurement.
 """
 
 from __future__ import annotations
@@ -96,10 +101,11 @@ def serve_connection(connection: socket.socket, answer) -> None:
             if path != b"/layer":
                 connection.sendall(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
                 continue
-            connection.sendall(HEAD)
+            head = [HEAD]  # goes out with the first chunk
             for parts in answer():
                 size = sum(len(part) for part in parts)
-                send_all(connection, [b"%x\r\n" % size, *parts, b"\r\n"])
+                send_all(connection, [*head, b"%x\r\n" % size, *parts, b"\r\n"])
+                head = []
             connection.sendall(b"0\r\n\r\n")
 
 
@@ -112,6 +118,7 @@ def main(argv: list[str]) -> None:
         listener.listen()
         while True:
             connection, _ = listener.accept()
+            connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             threading.Thread(target=_quietly, args=(connection, answer), daemon=True).start()
 
 
