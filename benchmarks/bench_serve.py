@@ -7,10 +7,11 @@ a mixture of 200 Gaussian clusters) and a metrics table, on 127.0.0.1. In one ru
   (``services.api.client``) over bytes/s of
   ``EmbeddingStore.embedding_array`` in this process (both counted on the n x d x 4
   embedding bytes; the stream also carries the key columns), best of ``REPEATS`` each
-  (``layer_http_vs_local_median``: of the medians). The same layer from a framework-free
-  reference server (``benchmarks/plain_http.py``: blocking sockets, no copy in Python)
-  gives ``layer_reference_vs_local``, what loopback HTTP allows on this machine, and
-  ``layer_http_vs_reference``, the service's share of it;
+  (``layer_http_vs_local_median``: of the medians). After those rounds, the service and
+  a minimal-overhead reference server (``benchmarks/plain_http.py``: no framework,
+  blocking sockets, no copy in Python) fetch the layer in turn: ``layer_reference_vs_local``
+  is the reference's best against the best in-process read, ``layer_http_vs_reference``
+  the service's share of the reference's speed;
 - ``take_1000_p50_ms`` / ``take_1000_p99_ms``: latency of 1,000 random rows by
   ``sample_index`` over HTTP, and ``take_1000_vs_layer``: its p50 over the median time
   of fetching the whole layer (asked: <= 0.1; ``take_1000_vs_layer_best``: over the
@@ -200,25 +201,18 @@ def timed(fn) -> float:
 
 
 def bench_layer_and_take(
-    store: EmbeddingStore, url: str, reference_url: str, n: int, d: int, rng: np.random.Generator
+    store: EmbeddingStore, url: str, n: int, d: int, rng: np.random.Generator
 ) -> dict:
-    """The whole layer in process, over HTTP from the service and from the reference
-    server, and 1,000-row fetches, alternated: each round reads the layer locally,
-    fetches it from both servers (each first in turn), then sends a tenth of the row
-    fetches, so that the load of the shared machine falls on all of them alike."""
+    """The whole layer in process and over HTTP, and 1,000-row fetches, alternated: each
+    round reads the layer locally, fetches it over HTTP, then sends a tenth of the row
+    fetches, so that the load of the shared machine falls on all three alike."""
     params = {"arch": ARCH, "layer": LAYER}
     got = fetch_arrow(url, params)
     assert got.num_rows == n  # a broken answer would void every figure
-    assert fetch_table(f"{reference_url}/layer").equals(got)  # the same rows, both ways
-    local, http, reference, takes = [], [], [], []
-    fetches = [
-        (http, lambda: fetch_arrow(url, params)),
-        (reference, lambda: fetch_table(f"{reference_url}/layer")),
-    ]
-    for turn in range(REPEATS):
+    local, http, takes = [], [], []
+    for _ in range(REPEATS):
         local.append(timed(lambda: store.embedding_array(EXPERIMENT, ARCH, LAYER)))
-        for times, fetch in fetches[turn % 2 :] + fetches[: turn % 2]:  # each first in turn
-            times.append(timed(fetch))
+        http.append(timed(lambda: fetch_arrow(url, params)))
         for _ in range(TAKE_REQUESTS // REPEATS):
             picked = rng.choice(n, min(TAKE_ROWS, n), replace=False)
             query = params | {"sample_index": ",".join(map(str, picked))}
@@ -226,7 +220,7 @@ def bench_layer_and_take(
             rows = fetch_arrow(url, query)
             takes.append(time.perf_counter() - start)
             assert rows.num_rows == len(picked)
-    local_s, http_s, reference_s = min(local), min(http), min(reference)
+    local_s, http_s = min(local), min(http)
     payload = n * d * 4
     p50, p99 = np.percentile(takes, [50, 99])
     return {
@@ -236,13 +230,33 @@ def bench_layer_and_take(
         "layer_http_mb_per_s": payload / http_s / 1e6,
         "layer_http_vs_local": local_s / http_s,
         "layer_http_vs_local_median": float(np.median(local) / np.median(http)),
-        "layer_reference_seconds": reference_s,
-        "layer_reference_vs_local": local_s / reference_s,
-        "layer_http_vs_reference": reference_s / http_s,
         "take_1000_p50_ms": p50 * 1e3,
         "take_1000_p99_ms": p99 * 1e3,
         "take_1000_vs_layer": p50 / float(np.median(http)),
         "take_1000_vs_layer_best": p50 / http_s,
+    }
+
+
+def bench_reference(url: str, reference_url: str, local_s: float) -> dict:
+    """The whole layer from the service and from the reference server, each first in
+    turn, after the rounds of :func:`bench_layer_and_take` (whose figures it leaves as
+    they were measured before there was a reference); ``local_s`` is their best
+    in-process read."""
+    params = {"arch": ARCH, "layer": LAYER}
+    got = fetch_table(f"{reference_url}/layer")
+    assert got.equals(fetch_arrow(url, params))  # the same rows, both ways
+    http, reference = [], []
+    fetches = [
+        (http, lambda: fetch_arrow(url, params)),
+        (reference, lambda: fetch_table(f"{reference_url}/layer")),
+    ]
+    for turn in range(REPEATS):
+        for times, fetch in fetches[turn % 2 :] + fetches[: turn % 2]:
+            times.append(timed(fetch))
+    return {
+        "layer_reference_seconds": min(reference),
+        "layer_reference_vs_local": local_s / min(reference),
+        "layer_http_vs_reference": min(reference) / min(http),
     }
 
 
@@ -406,9 +420,10 @@ def main(argv: list[str] | None = None) -> dict:
         if args.ray:  # the service's throughput under Ray Serve: the metrics load alone
             results |= bench_metrics(url, args.clients, args.seconds)
             return report(results, args.json)
+        results |= bench_layer_and_take(store, url, args.n, args.d, rng)
         reference, reference_url = start_reference(root / "store", root / "reference.log")
         try:
-            results |= bench_layer_and_take(store, url, reference_url, args.n, args.d, rng)
+            results |= bench_reference(url, reference_url, results["layer_local_seconds"])
         finally:
             reference.kill()  # ours, by its process id
             reference.wait()
