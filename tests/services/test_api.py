@@ -121,6 +121,7 @@ def test_embeddings_stream_batch_by_batch(client, store, monkeypatch):
     monkeypatch.setattr(storage.queries, "QUERY_BATCH_BYTES", 5 * (8 * 4 + 64))  # 5 rows
     params = {"arch": "small_cnn", "layer": "fc2", "run": H.run_id("ds-a", 0)}
     answer = client.get(f"{URL}/embeddings", params=params)
+    assert "content-length" not in answer.headers  # streamed as made, not sized
     reader = pa.ipc.open_stream(answer.content)
     batches = list(reader)
     rows = len(H.EPOCHS) * sum(H.SPLITS.values())
@@ -136,6 +137,7 @@ def test_embeddings_by_sample_index_limit_offset_and_formats(client, store):
     assert sorted(got.column("sample_index").to_pylist()) == [2, 2, 7, 11]  # test and train
     assert set(got.column("split").to_pylist()) == {"test", "train"}
     assert int(picked.headers["x-row-count"]) == 4  # taken by row id: counted for free
+    assert int(picked.headers["content-length"]) == len(picked.content)  # short: sent whole
     everything = store.embeddings(
         "exp", "small_cnn", "conv1", seed=0, dataset_id="ds-a", epoch=1
     ).drop_columns(["unit_key"])
@@ -319,7 +321,7 @@ def _csv(table: pa.Table) -> bytes:
 
 
 @pytest.mark.parametrize("count", [0, 3, 4, 9])
-def test_answers_make_their_first_chunks_in_the_route_and_the_rest_in_order(count):
+def test_answers_make_their_first_chunks_in_the_route_and_a_short_one_whole(count):
     made = []
 
     def chunks():
@@ -329,6 +331,9 @@ def test_answers_make_their_first_chunks_in_the_route_and_the_rest_in_order(coun
 
     body = _prefetched(chunks())
     assert made == list(range(min(count, PREFETCH_CHUNKS)))  # made before any is sent
+    if count < PREFETCH_CHUNKS:  # the whole answer: one body
+        assert body == b"".join(b"%d" % i for i in range(count))
+        return
 
     async def sent():
         return [chunk async for chunk in body]
