@@ -4,12 +4,13 @@
 import io
 import json
 import urllib.error
+import urllib.parse
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
-from services.api.client import ServiceError, _detail, stream_reader
+from services.api.client import ServiceError, _detail, _with_query, stream_reader
 
 
 def stream_of(table: pa.Table, rows_per_batch: int) -> bytes:
@@ -91,3 +92,12 @@ def test_error_answers_become_their_sentence(body, sentence):
     detail = _detail(error)
     assert detail.startswith(sentence)
     assert str(ServiceError(404, detail)).startswith(f"404: {sentence}")
+
+
+def test_queries_keep_commas_and_code_the_rest():
+    params = {"sample_index": "7,2,11", "run": "exp/ds a/net&seed=1", "limit": 5}
+    url = _with_query("http://127.0.0.1:8000/v1/experiments/e%20x/embeddings", params)
+    assert "sample_index=7,2,11&" in url  # no %2C: no percent-coding pass on either side
+    query = urllib.parse.urlsplit(url).query
+    assert dict(urllib.parse.parse_qsl(query)) == {k: str(v) for k, v in params.items()}
+    assert _with_query("http://h/x", None) == _with_query("http://h/x", {}) == "http://h/x"
