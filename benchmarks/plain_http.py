@@ -29,12 +29,13 @@ from collections.abc import Iterator
 import lance
 import pyarrow as pa
 
+from services.api.formats import ARROW_STREAM
 from storage import EmbeddingStore
 from storage.queries import layer_rows
 
 HEAD = (
-    b"HTTP/1.1 200 OK\r\ncontent-type: application/vnd.apache.arrow.stream\r\n"
-    b"transfer-encoding: chunked\r\n\r\n"
+    b"HTTP/1.1 200 OK\r\ncontent-type: %s\r\ntransfer-encoding: chunked\r\n\r\n"
+    % ARROW_STREAM.encode()
 )
 
 

@@ -1,8 +1,8 @@
 """Answer bodies: Arrow IPC streams, .npy and CSV streamed batch by batch, and JSON.
 
 A streamed answer holds one record batch in memory at a time, whatever the
-number of rows (one of a few batches goes out whole, with its length); JSON answers
-are built whole, so their callers cap the rows.
+number of rows; one that ends within the first chunks the route makes goes out
+whole, with its length. JSON answers are built whole, so their callers cap the rows.
 """
 
 from __future__ import annotations
